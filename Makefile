@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (runs the loop on the digits template) and `make test`.
+# Both create ./.venv on first use and install what they need (PyTorch through
+# constraints.txt: torch==2.13.0, the CPU wheel on this kind of machine).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[templates,dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/ralph-ml init $(DEMO_DIR) --template digits
+	cd $(DEMO_DIR) && ../$(VENV)/bin/ralph-ml start; rc=$$?; \
+	  echo "ralph-ml start exited with $$rc (0 target met, 2 safeguard, 3 plateau)"; \
+	  ../$(VENV)/bin/ralph-ml status; \
+	  echo "report: $(DEMO_DIR)/reports/final_report.md"; \
+	  case $$rc in 0|2|3) exit 0;; *) exit $$rc;; esac
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/loop_overhead.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,171 @@
+"""The built-in, offline agent: Optuna TPE over the declared search space.
+
+Deterministic given the project seed *and the history*: each proposal uses a sampler
+seeded by ``(seed, cycle)`` over a study rebuilt from the journal, so a resumed run
+proposes exactly what an uninterrupted one would, and never re-proposes a configuration
+it already tried. Cycle 1 runs the baseline (the ``default`` of every parameter). When
+the last analysis has a high-confidence recommendation (``increase:dropout``), the agent
+follows it one step from the best configuration before going back to TPE.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from ..config import Config, Param
+from ..errors import AgentError
+from ..records import CycleRecord, Proposal, TrialStatus
+from .base import Agent, AgentContext
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+_RESAMPLE_TRIES = 20
+
+
+def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
+    out: dict[str, BaseDistribution] = {}
+    for name, p in space.items():
+        if p.type == "categorical":
+            out[name] = CategoricalDistribution(list(p.choices or []))
+        elif p.type == "int":
+            assert p.low is not None and p.high is not None
+            out[name] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            assert p.low is not None and p.high is not None
+            out[name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return out
+
+
+def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+def step_param(p: Param, value: Any, direction: str) -> Any:
+    """One step of ``value`` in ``direction`` inside the parameter's bounds."""
+    up = direction == "increase"
+    if p.type == "categorical":
+        choices = list(p.choices or [])
+        i = choices.index(value) if value in choices else 0
+        j = min(len(choices) - 1, i + 1) if up else max(0, i - 1)
+        return choices[j]
+    assert p.low is not None and p.high is not None
+    if p.log:
+        v = float(value) * (2.0 if up else 0.5)
+    else:
+        span = p.high - p.low
+        v = float(value) + (0.15 * span if up else -0.15 * span)
+        if p.type == "float" and value == 0 and up:
+            v = max(v, p.low + 0.15 * span)
+    v = min(p.high, max(p.low, v))
+    if p.type == "int":
+        iv = int(round(v))
+        if iv == int(value):
+            iv = int(value) + (1 if up else -1)
+        return int(min(p.high, max(p.low, iv)))
+    if p.step:
+        v = p.low + round((v - p.low) / p.step) * p.step
+    return float(v)
+
+
+class BuiltinAgent(Agent):
+    name = "builtin"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.space = cfg.search_space
+        self.dists = distributions(self.space)
+        self.seed = cfg.project.seed
+        direction = "maximize" if cfg.target.dir.value == "maximize" else "minimize"
+        self.study = optuna.create_study(direction=direction)
+        self.tried: set[tuple[tuple[str, Any], ...]] = set()
+
+    # -- history -----------------------------------------------------------------------
+    def observe(self, record: CycleRecord) -> None:
+        params = {k: v for k, v in record.proposal.params.items() if k in self.dists}
+        self.tried.add(_key(params))
+        if set(params) != set(self.dists):
+            return  # a partial proposal (e.g. from another agent) cannot inform TPE
+        try:
+            for name, value in params.items():
+                self.dists[name]._contains(self.dists[name].to_internal_repr(value))
+        except Exception:
+            return  # outside the current space (the space was edited): skip it
+        ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=self.dists,
+                value=record.metric if ok else None,
+                state=TrialState.COMPLETE if ok else TrialState.FAIL,
+            )
+        )
+
+    # -- proposing ---------------------------------------------------------------------
+    def _sampler(self, cycle: int, attempt: int) -> optuna.samplers.BaseSampler:
+        seed = (self.seed * 1_000_003 + cycle * 7_919 + attempt) % (2**32)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=self.cfg.agents.n_startup_trials,
+            multivariate=True,
+        )
+
+    def _baseline(self) -> dict[str, Any] | None:
+        if not self.space or any(p.default is None for p in self.space.values()):
+            return None
+        out: dict[str, Any] = {}
+        for name, p in self.space.items():
+            out[name] = int(p.default) if p.type == "int" else (float(p.default) if p.type == "float" else p.default)  # type: ignore[arg-type]
+        return out
+
+    def _steered(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
+        if not self.cfg.agents.steer or ctx.best is None or ctx.last_analysis is None:
+            return None
+        last = ctx.history[-1] if ctx.history else None
+        if last is not None and last.proposal.meta.get("steered") and not last.kept:
+            return None  # the last step we followed did not pay off: let TPE search
+        for rec in ctx.last_analysis.recommendations:
+            if rec.confidence != "high" or not rec.param or rec.param not in self.space or not rec.direction:
+                continue
+            params = dict(ctx.best.proposal.params)
+            if rec.param not in params:
+                continue
+            params[rec.param] = step_param(self.space[rec.param], params[rec.param], rec.direction)
+            if _key(params) not in self.tried:
+                return params, f"following `{rec.action}` from the best cycle {ctx.best.cycle}: {rec.rationale}"
+        return None
+
+    def propose(self, ctx: AgentContext) -> Proposal:
+        if not self.space:
+            if ctx.history:
+                raise AgentError("the search space is empty and the code has already run once; nothing new to propose")
+            return Proposal(params={}, rationale="no search space declared: run the code as it is", agent=self.name)
+        baseline = self._baseline()
+        if baseline is not None and _key(baseline) not in self.tried:
+            return Proposal(params=baseline, rationale="baseline: the default of every parameter", agent=self.name, meta={"source": "baseline"})
+        steered = self._steered(ctx)
+        if steered is not None:
+            params, why = steered
+            return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "analysis", "steered": True})
+        for attempt in range(_RESAMPLE_TRIES):
+            self.study.sampler = self._sampler(ctx.cycle, attempt)
+            trial = self.study.ask(self.dists)
+            params = dict(trial.params)
+            # The trial is only a sampling vehicle; observe() adds the real result later.
+            self.study.tell(trial, state=TrialState.FAIL)
+            if _key(params) not in self.tried:
+                return Proposal(
+                    params=params,
+                    rationale=f"TPE sample (seed {self.seed}, cycle {ctx.cycle})"
+                    + (f" after {attempt} duplicate(s)" if attempt else ""),
+                    agent=self.name,
+                    meta={"source": "tpe"},
+                )
+        raise AgentError(
+            f"the search space looks exhausted: {_RESAMPLE_TRIES} samples in a row were configurations already tried "
+            f"({len(self.tried)} tried). Widen `search_space` in the config, or stop here."
+        )

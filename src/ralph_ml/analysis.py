@@ -1,0 +1,199 @@
+"""Built-in analysis: diagnose a cycle from its result, learning curve and the history.
+
+Diagnoses: baseline, improving, plateau, diverged, overfitting, underfitting, failed.
+Recommendations are ranked (high confidence first) and name a search-space parameter
+and a direction when one applies, so the built-in agent can follow them one step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import Config
+from .records import Analysis, CycleRecord, FailureClass, Recommendation, TrialResult, TrialStatus
+
+_CONF_RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+def read_progress(path: Path, max_rows: int = 10_000) -> list[dict[str, Any]]:
+    """Rows of a progress.jsonl file (bad lines skipped, at most the last ``max_rows``)."""
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+                if len(rows) > max_rows:
+                    del rows[0]
+    return rows
+
+
+def _series(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
+    out = []
+    for r in rows:
+        v = r.get(name)
+        if isinstance(v, (int, float)) or (isinstance(v, str) and v in ("nan", "inf", "-inf")):
+            out.append(float(v))
+    return out
+
+
+def _is_loss(name: str) -> bool:
+    return any(h in name.lower() for h in ("loss", "error", "perplexity", "nll", "mse"))
+
+
+class _Recs:
+    def __init__(self, cfg: Config) -> None:
+        self.space = cfg.search_space
+        self.items: list[Recommendation] = []
+
+    def add(self, confidence: str, rationale: str, param: str | None = None, direction: str | None = None) -> None:
+        if param is not None and param not in self.space:
+            return  # not something we can act on in this experiment
+        action = f"{direction}:{param}" if param else rationale.split(":")[0]
+        if any(r.action == action for r in self.items):
+            return
+        self.items.append(Recommendation(action=action, rationale=rationale, confidence=confidence, param=param, direction=direction))
+
+    def ranked(self) -> tuple[Recommendation, ...]:
+        return tuple(sorted(self.items, key=lambda r: _CONF_RANK.get(r.confidence, 3)))
+
+
+def _first(space: Mapping[str, Any], *names: str) -> str | None:
+    return next((n for n in names if n in space), None)
+
+
+def analyze(
+    result: TrialResult,
+    metric: float | None,
+    kept: bool,
+    history: Sequence[CycleRecord],
+    progress: Sequence[Mapping[str, Any]],
+    cfg: Config,
+) -> Analysis:
+    """Diagnose the cycle that produced ``result`` (``history`` excludes it)."""
+    target = cfg.target
+    space = cfg.search_space
+    recs = _Recs(cfg)
+    lr = _first(space, "lr", "learning_rate")
+    notes: list[str] = []
+
+    if result.status is not TrialStatus.OK or metric is None:
+        failure = result.failure
+        if failure is FailureClass.NAN or _diverged(progress):
+            diag = "diverged"
+            notes.append(f"{target.name} or the training loss became NaN/inf.")
+            recs.add("high", "lower the learning rate: the run diverged", lr, "decrease")
+            recs.add("medium", "add gradient clipping or warm-up: the run diverged")
+        elif failure is FailureClass.TIMEOUT:
+            diag = "failed"
+            notes.append("The trial hit the per-cycle time limit.")
+            recs.add("high", "shorten training: the trial ran out of time", _first(space, "epochs", "steps", "max_steps"), "decrease")
+            recs.add("medium", "shrink the model: the trial ran out of time", _first(space, "width", "hidden", "d_model"), "decrease")
+        elif failure is FailureClass.OOM:
+            diag = "failed"
+            notes.append("The trial ran out of memory.")
+            recs.add("high", "reduce the batch size: out of memory", _first(space, "batch_size"), "decrease")
+            recs.add("medium", "shrink the model: out of memory", _first(space, "width", "hidden", "d_model"), "decrease")
+        elif failure is FailureClass.MISSING_METRIC:
+            diag = "failed"
+            notes.append(f"The trial never reported {target.name}; check that it writes metrics.json or prints `{target.name}: value`.")
+            recs.add("high", f"report the target metric: {target.name} was missing")
+        else:
+            diag = "failed"
+            notes.append(f"The trial ended {result.status.value} ({failure.value}): {result.message}")
+            recs.add("medium", "explore another region of the search space: this configuration failed")
+        return Analysis(diagnosis=diag, summary=" ".join(notes), recommendations=recs.ranked())
+
+    # A successful trial: look at its learning curve and at the train/val gap.
+    diag = "improving" if kept else "plateau"
+    if not history:
+        diag = "baseline"
+    losses = [k for k in (progress[-1].keys() if progress else ()) if _is_loss(k) and k.startswith("train")]
+    train_loss = _series(progress, losses[0]) if losses else []
+    val_loss = _series(progress, "val_loss")
+    gap = _train_val_gap(result.metrics, target.name)
+    overfit = False
+    if gap is not None and gap > 0.03:
+        overfit = True
+        notes.append(f"train vs validation gap of {gap:.3f} in {target.name.removeprefix('val_')}: over-fitting.")
+    if len(val_loss) >= 4 and len(train_loss) >= 4 and val_loss[-1] > min(val_loss) * 1.1 and train_loss[-1] < train_loss[len(train_loss) // 2]:
+        overfit = True
+        notes.append("validation loss rose while training loss kept falling: over-fitting.")
+    if overfit:
+        diag = "overfitting"
+        recs.add("high", "regularize more: over-fitting", _first(space, "dropout"), "increase")
+        recs.add("high", "regularize more: over-fitting", _first(space, "weight_decay", "wd"), "increase")
+        recs.add("medium", "train for fewer epochs: over-fitting", _first(space, "epochs"), "decrease")
+    elif len(train_loss) >= 4:
+        tail = train_loss[-max(2, len(train_loss) // 4):]
+        if all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
+            diag = "underfitting" if not kept or history else diag
+            notes.append("training loss was still falling at the last step: the model is under-trained.")
+            recs.add("high", "train longer: loss still falling at the end", _first(space, "epochs", "steps", "max_steps"), "increase")
+            recs.add("medium", "raise the learning rate: slow convergence", lr, "increase")
+        elif len(train_loss) >= 2 and train_loss[-1] > train_loss[0] * 0.9:
+            notes.append("training loss barely moved: the learning rate may be too low or too high.")
+            recs.add("medium", "tune the learning rate: training loss barely moved", lr, "increase")
+    prev = [r.metric for r in history if r.metric is not None]
+    if metric is not None:
+        if prev:
+            best_prev = max(prev) if target.dir.value == "maximize" else min(prev)
+            notes.insert(0, f"{target.name} = {metric:.6g} (best before: {best_prev:.6g}; target {target.describe()}).")
+        else:
+            notes.insert(0, f"{target.name} = {metric:.6g} (target {target.describe()}).")
+    if not recs.items:
+        recs.add("low", "explore: no clear signal from the learning curve")
+    return Analysis(diagnosis=diag, summary=" ".join(notes), recommendations=recs.ranked())
+
+
+def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:
+    for row in progress[-5:]:
+        for k, v in row.items():
+            if _is_loss(k) and isinstance(v, (float, str)):
+                try:
+                    if not math.isfinite(float(v)):
+                        return True
+                except ValueError:
+                    continue
+    return False
+
+
+def _train_val_gap(metrics: Mapping[str, float], target_name: str) -> float | None:
+    """train_X - val_X for an accuracy-like target, when both are reported."""
+    if not target_name.startswith("val_") or _is_loss(target_name):
+        return None
+    base = target_name[len("val_"):]
+    train = metrics.get(f"train_{base}")
+    val = metrics.get(target_name)
+    if train is None or val is None or not (math.isfinite(train) and math.isfinite(val)):
+        return None
+    return train - val
+
+
+def render_markdown(cycle: int, analysis: Analysis, result: TrialResult, metric: float | None, verdict: str) -> str:
+    lines = [
+        f"# Cycle {cycle}: analysis",
+        "",
+        f"- status: **{result.status.value}**" + (f" ({result.failure.value})" if result.failure is not FailureClass.NONE else ""),
+        f"- verdict: **{verdict}**",
+        f"- target metric: {metric if metric is not None else 'n/a'}",
+        f"- diagnosis: **{analysis.diagnosis}**",
+        "",
+        analysis.summary,
+        "",
+        "## Recommendations",
+        "",
+    ]
+    for i, r in enumerate(analysis.recommendations, 1):
+        lines.append(f"{i}. `{r.action}` ({r.confidence}): {r.rationale}")
+    if result.message:
+        lines += ["", "## Trial message", "", "```", result.message, "```"]
+    return "\n".join(lines) + "\n"

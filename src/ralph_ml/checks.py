@@ -1,0 +1,88 @@
+"""Workspace checks shared by `ralph-ml validate` and the start of a run (nothing runs)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+
+
+@dataclass
+class CheckReport:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def trial_path_env() -> str:
+    """PATH for trials: the loop's own interpreter first, so `python` means the same Python."""
+    return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+
+def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport) -> None:
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as exc:
+        rep.errors.append(f"execution.{name} = {cmd!r} cannot be parsed as a shell command: {exc}")
+        return
+    if not argv:
+        rep.errors.append(f"execution.{name} is empty")
+        return
+    prog = argv[0]
+    if "=" in prog and not prog.startswith(("/", ".")):
+        return  # VAR=value prefix: leave it to the shell
+    found = (ws / prog).exists() if "/" in prog else shutil.which(prog, path=trial_path_env()) is not None
+    if not found:
+        rep.errors.append(
+            f"execution.{name}: program {prog!r} is not on PATH and not a file in the workspace {ws}. "
+            "Install it or fix the command."
+        )
+    for arg in argv[1:]:
+        if arg.endswith((".py", ".sh")) and not arg.startswith("-") and not (ws / arg).exists():
+            rep.errors.append(f"execution.{name}: script {arg!r} does not exist in the workspace {ws}")
+    rep.info.append(f"execution.{name}: {cmd}")
+
+
+def check_workspace(cfg: Config) -> CheckReport:
+    rep = CheckReport()
+    ws = cfg.path(cfg.paths.workspace)
+    if not ws.is_dir():
+        rep.errors.append(f"paths.workspace = {cfg.paths.workspace!r} resolves to {ws}, which is not a folder")
+        return rep
+    rep.info.append(f"workspace: {ws}")
+    for rel in cfg.files.frozen:
+        if not (ws / rel).is_file():
+            rep.errors.append(
+                f"frozen file {rel!r} (files.frozen) is missing from {ws}: the evaluation must exist before a run starts"
+            )
+    for rel in cfg.files.mutable:
+        if "*" not in rel and not (ws / rel).is_file():
+            rep.warnings.append(f"mutable file {rel!r} (files.mutable) does not exist yet in {ws}")
+    overlap = set(cfg.files.frozen) & set(cfg.files.mutable)
+    if overlap:
+        rep.errors.append(f"files listed both frozen and mutable: {sorted(overlap)}; a file is one or the other")
+    _check_cmd("train_cmd", cfg.execution.train_cmd, ws, rep)
+    if cfg.execution.eval_cmd:
+        _check_cmd("eval_cmd", cfg.execution.eval_cmd, ws, rep)
+    if cfg.execution.prepare_cmd:
+        _check_cmd("prepare_cmd", cfg.execution.prepare_cmd, ws, rep)
+    if not cfg.search_space:
+        rep.warnings.append("search_space is empty: the builtin agent can only run the code once")
+    if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:
+        from .agents import available_agents
+
+        if cfg.agent_name not in available_agents():
+            rep.errors.append(
+                f"agents.code_model = {cfg.agent_name!r} is not available in this release "
+                f"(available: {', '.join(available_agents())})"
+            )
+    return rep

@@ -1,0 +1,362 @@
+"""`ralph-ml` commands. Maps RalphError subclasses to exit codes; the only place that exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import control
+from .config import Config, find_config, load_config
+from .errors import ConfigError, RalphError, StateError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ralph-ml: improve a training project autonomously, under safeguards.",
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: ralph.toml/.yaml/.json in the current folder).")
+
+
+def _fail(exc: RalphError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _cfg(config: Optional[Path]) -> Config:
+    return load_config(config) if config else load_config(find_config())
+
+
+def _cfg_from_state(state: Optional[Path], config: Optional[Path]) -> Config:
+    if config or not state:
+        return _cfg(config)
+    if not state.exists():
+        raise StateError(f"state file {state} does not exist; run `ralph-ml start` first, or pass --config")
+    data = json.loads(state.read_text())
+    return load_config(data["config_path"])
+
+
+# ----------------------------------------------------------------------------- output
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class LinePrinter:
+    """Plain line-per-event output (the live terminal view builds on the same events)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def __call__(self, kind: str, d: dict[str, Any]) -> None:
+        p = console.print
+        if kind == "run_started":
+            how = f"resumed with {d.get('cycles', 0)} recorded cycles" if d.get("resumed") else "started"
+            p(f"[bold]run {d['run_id']} {how}[/] · target {d['target']}")
+        elif kind == "cycle_started":
+            params = d["proposal"].get("params") or {}
+            extra = " (recovering the interrupted cycle)" if d.get("recovering") else ""
+            p(f"\n[bold][CYCLE {d['cycle']} STARTED][/]{extra}")
+            p(f"└─ Proposal: {d['proposal'].get('rationale', '')}")
+            if params:
+                p("   → " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        elif kind == "recovered":
+            p(f"└─ Recovered cycle {d['cycle']}: {d['how']}")
+        elif kind == "trial_started":
+            p(f"└─ Training (time limit {d['timeout_s']:.0f} s)...")
+        elif kind == "trial_ended":
+            p(f"   trial {d['status']} in {d['duration_s']:.1f} s")
+        elif kind == "manual":
+            p(f"└─ Manual {d['action']} honoured")
+        elif kind == "cycle_recorded":
+            name = self.cfg.target.name
+            metric = d["metric"]
+            mark = {"kept": "[green]✓ kept[/]", "discarded": "discarded", "below_gate": "[yellow]below gate[/]"}.get(
+                d["verdict"], f"[red]{d['verdict']}[/]"
+            )
+            val = f"{name}: {metric:.4f}" if metric is not None else f"{d['status']} ({d['failure']})"
+            p(f"   {val} · {mark}")
+            if metric is None and d.get("message"):
+                p(f"   [dim]{d['message'].splitlines()[0][:200]}[/]")
+            p(f"└─ Analysis: {d['diagnosis']}")
+            for r in d.get("recommendations", []):
+                p(f"   → {r['action']} ({r['confidence']}): {r['rationale']}")
+            dd = d["decision"]
+            p(f"└─ Decision: {dd['action']} · {dd.get('message', '')}")
+        elif kind == "run_stopped":
+            dd = d["decision"]
+            head = "[TARGET MET!]" if dd.get("reason") == "target_met" else f"[STOPPED: {dd.get('reason')}]"
+            p(f"\n[bold]{head}[/] {dd.get('message', '')}")
+            p(f"Report saved to: {d['report']} (exit {d['exit_code']})")
+
+
+def _install_signal_stop(state_dir: Path) -> None:
+    """First Ctrl-C / SIGTERM asks for a clean stop (trial cancelled, cycle recorded); the second is immediate."""
+    hits = {"n": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        hits["n"] += 1
+        if hits["n"] > 1:
+            raise KeyboardInterrupt
+        control.send(state_dir, "stop")
+        err.print(f"\n{signal.Signals(signum).name}: stopping after cancelling the running trial (again to abort)")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run(loop_factory: Any, cfg: Config) -> None:
+    from .loop import Loop
+
+    _install_signal_stop(cfg.path(cfg.paths.state))
+    loop: Loop = loop_factory(cfg, LinePrinter(cfg))
+    d = loop.run()
+    raise typer.Exit(d.exit_code)
+
+
+# ----------------------------------------------------------------------------- commands
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder to create the experiment in."),
+    template: str = typer.Option("digits", "--template", "-t", help="Template name: " + ", ".join(sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")))),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Use this config file instead of the template's."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that already exist."),
+) -> None:
+    """Create an experiment folder from a template (runnable offline)."""
+    try:
+        src = TEMPLATES_DIR / template
+        names = sorted(p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        if not src.is_dir():
+            raise ConfigError(f"unknown template {template!r}; available: {', '.join(names)}")
+        directory.mkdir(parents=True, exist_ok=True)
+        files = [p for p in sorted(src.iterdir()) if p.is_file() and p.name != "__init__.py"]
+        if config:
+            if not config.is_file():
+                raise ConfigError(f"--config {config} does not exist")
+            files = [p for p in files if p.name != "ralph.toml"] + [config]
+        clash = [p.name for p in files if (directory / p.name).exists()]
+        if clash and not force:
+            raise ConfigError(f"{directory} already has {', '.join(clash)}; pass --force to overwrite, or pick another folder")
+        for p in files:
+            shutil.copy2(p, directory / p.name)
+        load_config(directory / (config.name if config else "ralph.toml"))
+    except RalphError as exc:
+        _fail(exc)
+    console.print(f"created experiment in {directory} from template '{template}':")
+    for p in files:
+        console.print(f"  {p.name}")
+    console.print(f"next: cd {directory} && ralph-ml validate && ralph-ml start")
+
+
+@app.command()
+def validate(config: Optional[Path] = ConfigOpt) -> None:
+    """Check the config and the workspace; nothing runs."""
+    from .checks import check_workspace
+
+    try:
+        cfg = _cfg(config)
+    except RalphError as exc:
+        _fail(exc)
+    rep = check_workspace(cfg)
+    console.print(f"config: {cfg.source} [green]ok[/]")
+    console.print(f"target: {cfg.target.describe()}")
+    console.print(f"agent: {cfg.agent_name} · search space: {', '.join(cfg.search_space) or '(empty)'}")
+    for line in rep.info:
+        console.print(f"  {line}")
+    for w in rep.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    for e in rep.errors:
+        err.print(f"[red]error:[/] {e}")
+    if not rep.ok:
+        raise typer.Exit(4)
+    console.print("[green]ready[/]: `ralph-ml start` runs it")
+
+
+@app.command()
+def start(config: Optional[Path] = ConfigOpt) -> None:
+    """Start a run: cycles until a stop rule fires (exit 0 target met/manual, 2 safeguard, 3 plateau, 4 error)."""
+    from .loop import Loop
+
+    try:
+        cfg = _cfg(config)
+        _run(Loop.start, cfg)
+    except RalphError as exc:
+        _fail(exc)
+
+
+@app.command()
+def resume(
+    state: Optional[Path] = typer.Option(None, "--state", help="state/ralph_state.json of the run to resume."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Continue a run after a crash, a stop, or a change of safeguards."""
+    from .loop import Loop
+
+    try:
+        cfg = _cfg_from_state(state, config)
+        _run(Loop.resume, cfg)
+    except RalphError as exc:
+        _fail(exc)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    config: Optional[Path] = ConfigOpt,
+    state: Optional[Path] = typer.Option(None, "--state"),
+) -> None:
+    """Cycle, phase, best so far, stop rules and budgets left."""
+    try:
+        cfg = _cfg_from_state(state, config)
+        path = cfg.path(cfg.paths.state) / "ralph_state.json"
+        if not path.exists():
+            raise StateError(f"no run yet: {path} does not exist. Start one with `ralph-ml start`.")
+        data = json.loads(path.read_text())
+    except RalphError as exc:
+        _fail(exc)
+    alive = _pid_alive(int(data.get("pid", 0))) if data.get("status") in ("running", "paused") else False
+    if data.get("status") in ("running", "paused") and not alive:
+        data["status"] = "interrupted"
+    data["loop_alive"] = alive
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    t = Table(title=f"ralph-ml run {data['run_id']}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    tgt = data["target"]
+    op = ">=" if tgt["direction"] == "maximize" else "<="
+    t.add_row("status", data["status"] + (" (resume with `ralph-ml resume`)" if data["status"] == "interrupted" else ""))
+    t.add_row("cycle / phase", f"{data['cycle']} / {data['phase']}")
+    t.add_row("target", f"{tgt['name']} {op} {tgt['value']}")
+    b = data.get("best")
+    t.add_row("best", "none yet" if not b else f"{b['metric']:.6g} at cycle {b['cycle']}")
+    t.add_row("verdicts", ", ".join(f"{k}: {v}" for k, v in data.get("verdicts", {}).items()) or "-")
+    bud = data["budgets"]
+    sg = data["safeguards"]
+    t.add_row("cycles", f"{bud['cycles_used']} used, {bud['cycles_left']} left (max {sg['max_cycles']})")
+    t.add_row("no improvement", f"{bud['no_improvement_streak']} of {sg['no_improvement_stop_cycles']} cycles (min delta {sg['min_improvement_delta']})")
+    t.add_row("time", f"{data['elapsed_s']:.0f} s elapsed" + (f", {bud['time_left_s']:.0f} s left" if bud.get("time_left_s") is not None else "") + f"; {sg['time_limit_per_cycle_minutes']} min per cycle")
+    t.add_row("tokens", f"{bud['tokens_used']} used" + (f", {bud['tokens_left']} left" if bud.get("tokens_left") is not None else ""))
+    t.add_row("cost", f"${bud['cost_used_usd']:.4f}" + (f", ${bud['cost_left_usd']:.4f} left" if bud.get("cost_left_usd") is not None else ""))
+    if data.get("stop"):
+        s = data["stop"]
+        t.add_row("stopped", f"{s['reason']} (exit {s['exit_code']}): {s['message']}")
+    console.print(t)
+
+
+def _send(action: str, config: Optional[Path]) -> None:
+    try:
+        cfg = _cfg(config)
+        path = control.send(cfg.path(cfg.paths.state), action)
+    except RalphError as exc:
+        _fail(exc)
+    console.print(f"{action} requested ({path}); the loop honours it within a second")
+
+
+@app.command()
+def stop(config: Optional[Path] = ConfigOpt) -> None:
+    """Stop the run: the running trial is cancelled and recorded, the report written (exit 0)."""
+    _send("stop", config)
+
+
+@app.command()
+def pause(config: Optional[Path] = ConfigOpt) -> None:
+    """Pause the run (the running trial is suspended; its time limit does not run while paused)."""
+    _send("pause", config)
+
+
+@app.command()
+def unpause(config: Optional[Path] = ConfigOpt) -> None:
+    """Resume a paused run."""
+    _send("unpause", config)
+
+
+@app.command()
+def report(
+    run: Optional[Path] = typer.Option(None, "--run", help="The runs folder (its experiment's config is used)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the markdown report."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Write reports/final_report.md and reports/leaderboard.json from the journal."""
+    from .report import write_report
+
+    try:
+        if config is None and run is not None:
+            cfg = load_config(find_config(run.resolve().parent))
+        else:
+            cfg = _cfg(config)
+        md, lb = write_report(cfg, out.resolve() if out else None)
+    except RalphError as exc:
+        _fail(exc)
+    console.print(f"report: {md}\nleaderboard: {lb}")
+
+
+@app.command()
+def best(
+    apply: bool = typer.Option(False, "--apply", help="Copy the best cycle's mutable files into the workspace."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Show the best cycle (params, code folder, git tag); --apply checks its code out into the workspace."""
+    from .decision import best_of
+    from .journal import replay
+
+    try:
+        cfg = _cfg(config)
+        rp = replay(cfg.path(cfg.paths.state) / "journal.jsonl")
+    except RalphError as exc:
+        _fail(exc)
+    b = best_of(rp.records)
+    if b is None:
+        err.print("no kept cycle yet")
+        raise typer.Exit(1)
+    code = cfg.path(cfg.paths.runs) / f"cycle_{b.cycle:04d}" / "code"
+    console.print(f"best: cycle {b.cycle} · {cfg.target.name} = {b.metric}")
+    console.print(f"params: {json.dumps(b.proposal.params)}")
+    console.print(f"code: {code}")
+    if b.commit:
+        console.print(f"git: {b.commit} (tag ralph/{rp.run['run_id']}/best)")
+    if apply:
+        ws = cfg.path(cfg.paths.workspace)
+        for rel in cfg.files.mutable:
+            if (code / rel).is_file():
+                shutil.copy2(code / rel, ws / rel)
+                console.print(f"copied {rel} → {ws / rel}")
+        (ws / "best_params.json").write_text(json.dumps(b.proposal.params, indent=2) + "\n")
+        console.print(f"wrote {ws / 'best_params.json'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except RalphError as exc:  # pragma: no cover - commands already map these
+        err.print(f"error: {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Configuration: pydantic models, loading from TOML/YAML/JSON, and clear errors.
+
+The spec's ``RALPH_ML_CONFIG.json`` loads as written. Paths are relative to the folder
+holding the config file (the *experiment root*).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .records import Direction
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAMES = ("ralph.toml", "ralph.yaml", "ralph.yml", "ralph.json", "RALPH_ML_CONFIG.json")
+
+_MINIMIZE_HINTS = ("loss", "error", "perplexity", "mse", "mae", "rmse", "wer", "cer", "nll")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TargetMetric(_Model):
+    name: str = Field(min_length=1)
+    value: float
+    # None: inferred from the name (loss/error/... are minimized, the rest maximized).
+    direction: Optional[Direction] = None
+
+    @model_validator(mode="after")
+    def _infer_direction(self) -> TargetMetric:
+        if not math.isfinite(self.value):
+            raise ValueError(f"target value must be a finite number, got {self.value}")
+        if self.direction is None:
+            low = self.name.lower()
+            guess = Direction.MINIMIZE if any(h in low for h in _MINIMIZE_HINTS) else Direction.MAXIMIZE
+            object.__setattr__(self, "direction", guess)
+        return self
+
+    @property
+    def dir(self) -> Direction:
+        assert self.direction is not None  # set by the validator
+        return self.direction
+
+    def describe(self) -> str:
+        op = ">=" if self.dir is Direction.MAXIMIZE else "<="
+        return f"{self.name} {op} {self.value:g}"
+
+
+class Project(_Model):
+    name: str = "experiment"
+    framework: str = "pytorch"
+    task: str = ""
+    type: str = ""  # seed 001 spells `task` as `type`
+    target_metric: TargetMetric
+    seed: int = 0
+
+
+class Data(_Model):
+    root: str = "./data"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+class Safeguards(_Model):
+    max_cycles: int = Field(10, ge=1)
+    no_improvement_stop_cycles: int = Field(3, ge=1)
+    min_improvement_delta: float = Field(0.0, ge=0.0)
+    time_limit_per_cycle_minutes: float = Field(30.0, gt=0.0)
+    total_time_limit_minutes: Optional[float] = Field(None, gt=0.0)
+    token_budget_per_cycle: Optional[int] = Field(None, ge=0)
+    token_budget_total: Optional[int] = Field(None, ge=0)
+    cost_budget_usd: Optional[float] = Field(None, ge=0.0)
+    # Minimum validation gate: a result worse than this is never kept, and if no cycle
+    # has passed it after `validation_gate_cycles` cycles the run stops (exit 2).
+    min_validation_gate: Optional[float] = None
+    validation_gate_cycles: int = Field(3, ge=1)
+    # Circuit breaker: stop after this many consecutive failures of the same kind.
+    max_consecutive_failures: int = Field(3, ge=1)
+
+
+class Execution(_Model):
+    mode: Literal["local"] = "local"
+    python: str = "python"
+    train_cmd: str = Field("python train.py", min_length=1)
+    eval_cmd: Optional[str] = None
+    prepare_cmd: Optional[str] = None  # run once, in the workspace, before the first cycle
+    env_capture: bool = True
+    env: dict[str, str] = Field(default_factory=dict)
+    # Fallback when metrics.json is absent: `name: value` / `name=value` lines on stdout.
+    metrics_pattern: str = r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
+    kill_grace_s: float = Field(5.0, ge=0.0)
+    max_concurrency: int = Field(1, ge=1, le=1)  # parallel trials arrive with a later release
+
+    @field_validator("metrics_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            rx = re.compile(v, re.MULTILINE)
+        except re.error as exc:
+            raise ValueError(f"metrics_pattern is not a valid regular expression: {exc}") from None
+        if rx.groups < 2:
+            raise ValueError("metrics_pattern needs two groups: (name) and (value)")
+        return v
+
+
+class Agents(_Model):
+    code_model: str = "builtin"  # which agent proposes: builtin (default, offline)
+    analysis_model: str = "builtin"
+    thinking: str = "medium"
+    # Extra keys of seed 001 (opencode_model) are accepted as aliases of code_model.
+    opencode_model: Optional[str] = None
+    n_startup_trials: int = Field(5, ge=0)  # random trials before TPE models the space
+    steer: bool = True  # follow high-confidence analysis recommendations one step
+
+
+class Paths(_Model):
+    workspace: str = "."
+    runs: str = "./runs"
+    reports: str = "./reports"
+    state: str = "./state"
+    # seed 001 names; accepted, unused by the loop itself
+    codebase: Optional[str] = None
+    data: Optional[str] = None
+    logs: Optional[str] = None
+    checkpoints: Optional[str] = None
+    history: Optional[str] = None
+
+
+class Files(_Model):
+    frozen: list[str] = Field(default_factory=lambda: ["prepare.py"])
+    mutable: list[str] = Field(default_factory=lambda: ["train.py"])
+    # Glob patterns not copied into cycle snapshots (on top of runs/reports/state/.git).
+    exclude: list[str] = Field(default_factory=lambda: ["__pycache__", "*.pyc", ".venv", "data", ".ipynb_checkpoints"])
+
+
+class Versioning(_Model):
+    # auto: commit each cycle when the workspace is a git repo; true: make it one if needed.
+    git: Union[bool, Literal["auto"]] = "auto"
+
+
+class Observability(_Model):
+    logger: str = "none"
+    save_stdout: bool = True
+    emit_events_jsonl: bool = True
+
+
+class Param(_Model):
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[list[Union[str, int, float, bool]]] = None
+    default: Optional[Union[str, int, float, bool]] = None  # the baseline (cycle 1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty `choices` list")
+            if self.default is not None and self.default not in self.choices:
+                raise ValueError(f"default {self.default!r} is not one of choices {self.choices}")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be less than high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("`log` and `step` cannot be combined")
+        if self.default is not None:
+            if isinstance(self.default, (str, bool)):
+                raise ValueError(f"default {self.default!r} is not a number")
+            if not self.low <= float(self.default) <= self.high:
+                raise ValueError(f"default {self.default:g} is outside [{self.low:g}, {self.high:g}]")
+        return self
+
+
+class Config(_Model):
+    project: Project
+    data: Data = Field(default_factory=Data)
+    safeguards: Safeguards = Field(default_factory=Safeguards)
+    execution: Execution = Field(default_factory=Execution)
+    agents: Agents = Field(default_factory=Agents)
+    paths: Paths = Field(default_factory=Paths)
+    files: Files = Field(default_factory=Files)
+    versioning: Versioning = Field(default_factory=Versioning)
+    observability: Observability = Field(default_factory=Observability)
+    search_space: dict[str, Param] = Field(default_factory=dict)
+
+    @field_validator("search_space")
+    @classmethod
+    def _names(cls, v: dict[str, Param]) -> dict[str, Param]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"parameter name {name!r} must be an identifier (letters, digits, _)")
+        return v
+
+    # Filled by load_config: the file and the folder paths are relative to.
+    _source: Optional[Path] = None
+
+    @property
+    def source(self) -> Path:
+        if self._source is None:
+            raise ConfigError("this configuration was not loaded from a file")
+        return self._source
+
+    @property
+    def root(self) -> Path:
+        return self.source.parent
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return (p if p.is_absolute() else self.root / p).resolve()
+
+    @property
+    def target(self) -> TargetMetric:
+        return self.project.target_metric
+
+    @property
+    def agent_name(self) -> str:
+        return self.agents.opencode_model if self.agents.code_model == "builtin" and self.agents.opencode_model else self.agents.code_model
+
+
+def find_config(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for name in CONFIG_NAMES:
+        if (here / name).is_file():
+            return here / name
+    raise ConfigError(
+        f"no configuration file in {here} (looked for {', '.join(CONFIG_NAMES)}). "
+        "Create one with `ralph-ml init`, or pass --config FILE."
+    )
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        if suffix == ".json":
+            return json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid {suffix[1:].upper()}: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path} could not be parsed: {exc}") from None
+    raise ConfigError(f"{path}: unsupported config format {suffix!r}; use .toml, .yaml/.yml or .json")
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (for did-you-mean)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if model is Config and part == "search_space":
+            model = "space"
+            continue
+        if model == "space":
+            model = Param
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        f = model.model_fields.get(str(part))
+        if f is None:
+            return None
+        ann = f.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_error(path: Path, exc: ValidationError, raw: Any) -> str:
+    lines = [f"{path}: invalid configuration ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            valid = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+            valid_s = f" Valid keys here: {', '.join(valid)}." if valid else ""
+            lines.append(f"  - unknown key '{key}' (value {value!r}).{hint}{valid_s}")
+        elif err["type"] == "missing":
+            lines.append(f"  - missing required key '{key}'.")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - '{key}' = {value!r}: {msg}.")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a config file; raise ConfigError with every problem listed."""
+    p = Path(path).expanduser().resolve() if path else find_config()
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist. Create one with `ralph-ml init`, or check --config.")
+    raw = _read(p)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a table/mapping of sections, got {type(raw).__name__}")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(p, exc, raw)) from None
+    cfg._source = p
+    return cfg

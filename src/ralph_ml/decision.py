@@ -1,0 +1,198 @@
+"""Safeguards as pure functions of the history.
+
+``judge`` says whether one cycle is kept; ``before_cycle`` refuses to start a cycle
+that a budget cannot pay for; ``after_cycle`` applies the stop rules in the spec's order
+(target met, hard caps and budgets, circuit breaker, validation gate, plateau). Each stop
+carries its reason and the evidence it was based on.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from .config import Config
+from .records import CycleRecord, Decision, Direction, StopReason, TrialStatus
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the run has spent so far."""
+
+    elapsed_s: float = 0.0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def usage_of(history: Sequence[CycleRecord], elapsed_s: float) -> Usage:
+    return Usage(
+        elapsed_s=elapsed_s,
+        tokens=sum(r.proposal.tokens_used for r in history),
+        cost_usd=sum(r.proposal.cost_usd for r in history),
+    )
+
+
+def best_of(history: Sequence[CycleRecord]) -> CycleRecord | None:
+    """The latest kept cycle: each kept cycle beat the previous best by min_delta."""
+    for rec in reversed(history):
+        if rec.kept:
+            return rec
+    return None
+
+
+def judge(metric: float | None, status: TrialStatus, history: Sequence[CycleRecord], cfg: Config) -> tuple[bool, str]:
+    """(kept, verdict) for a cycle with this status and target metric."""
+    if status is not TrialStatus.OK or metric is None or not math.isfinite(metric):
+        return False, status.value if status is not TrialStatus.OK else "failed"
+    direction = cfg.target.dir
+    gate = cfg.safeguards.min_validation_gate
+    if gate is not None and not direction.meets(metric, gate):
+        return False, "below_gate"
+    best = best_of(history)
+    if best is None or best.metric is None:
+        return True, "kept"
+    if direction.better(metric, best.metric, cfg.safeguards.min_improvement_delta):
+        return True, "kept"
+    return False, "discarded"
+
+
+def _stop(reason: StopReason, message: str, **evidence: object) -> Decision:
+    return Decision(action="stop", reason=reason, message=message, evidence=dict(evidence))
+
+
+def budget_stop(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision | None:
+    sg = cfg.safeguards
+    n = len(history)
+    if n >= sg.max_cycles:
+        return _stop(
+            StopReason.MAX_CYCLES,
+            f"reached safeguards.max_cycles = {sg.max_cycles} ({n} cycles recorded)",
+            cycles=n, max_cycles=sg.max_cycles,
+        )
+    if sg.total_time_limit_minutes is not None and usage.elapsed_s >= sg.total_time_limit_minutes * 60:
+        return _stop(
+            StopReason.TIME_BUDGET,
+            f"used {usage.elapsed_s:.0f} s of safeguards.total_time_limit_minutes = {sg.total_time_limit_minutes:g}",
+            elapsed_s=round(usage.elapsed_s, 3), limit_s=sg.total_time_limit_minutes * 60,
+        )
+    if sg.token_budget_total is not None and usage.tokens >= sg.token_budget_total:
+        return _stop(
+            StopReason.TOKEN_BUDGET,
+            f"used {usage.tokens} tokens of safeguards.token_budget_total = {sg.token_budget_total}",
+            tokens=usage.tokens, budget=sg.token_budget_total,
+        )
+    if sg.cost_budget_usd is not None and usage.cost_usd >= sg.cost_budget_usd:
+        return _stop(
+            StopReason.COST_BUDGET,
+            f"spent ${usage.cost_usd:.4f} of safeguards.cost_budget_usd = ${sg.cost_budget_usd:g}",
+            cost_usd=usage.cost_usd, budget=sg.cost_budget_usd,
+        )
+    return None
+
+
+def estimate_cycle_s(history: Sequence[CycleRecord]) -> float:
+    """Median duration of the recent cycles that ran (0 when none has)."""
+    durations = [r.result.duration_s for r in history[-10:] if r.result.duration_s > 0]
+    return statistics.median(durations) if durations else 0.0
+
+
+def before_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
+    """Budgets are checked before spending: a cycle that cannot fit is not started."""
+    stop = budget_stop(history, cfg, usage)
+    if stop:
+        return stop
+    limit_min = cfg.safeguards.total_time_limit_minutes
+    if limit_min is not None:
+        left = limit_min * 60 - usage.elapsed_s
+        need = estimate_cycle_s(history)
+        if need > left:
+            return _stop(
+                StopReason.TIME_BUDGET,
+                f"the next cycle would not fit: about {need:.1f} s needed (median of recent cycles), "
+                f"{left:.1f} s left of safeguards.total_time_limit_minutes = {limit_min:g}",
+                needed_s=round(need, 3), left_s=round(left, 3),
+            )
+    return Decision(action="continue", message="budgets allow another cycle")
+
+
+def _failure_signature(rec: CycleRecord) -> tuple[str, str, str] | None:
+    if rec.result.status is TrialStatus.OK and rec.verdict != "failed":
+        return None
+    if rec.verdict in ("kept", "discarded", "below_gate"):
+        return None
+    last_line = next((ln for ln in reversed(rec.result.stderr_tail.splitlines()) if ln.strip()), "")
+    return (rec.result.failure.value, str(rec.result.exit_code), last_line.strip()[:200])
+
+
+def _no_improvement_streak(history: Sequence[CycleRecord]) -> int:
+    streak = 0
+    for rec in reversed(history):
+        if rec.kept:
+            break
+        streak += 1
+    return streak
+
+
+def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
+    """The decision after the last cycle of ``history`` was recorded."""
+    if not history:
+        return Decision(action="continue", message="no cycle yet")
+    sg = cfg.safeguards
+    target = cfg.target
+    last = history[-1]
+    if last.kept and last.metric is not None and target.dir.meets(last.metric, target.value):
+        return _stop(
+            StopReason.TARGET_MET,
+            f"target met at cycle {last.cycle}: {target.name} = {last.metric:.6g} ({target.describe()})",
+            cycle=last.cycle, metric=last.metric, target=target.value,
+        )
+    stop = budget_stop(history, cfg, usage)
+    if stop:
+        return stop
+    k = sg.max_consecutive_failures
+    sigs = [_failure_signature(r) for r in history[-k:]]
+    if len(sigs) == k and sigs[0] is not None and all(s == sigs[0] for s in sigs):
+        failure, exit_code, line = sigs[0]
+        return _stop(
+            StopReason.CIRCUIT_BREAKER,
+            f"the last {k} cycles failed the same way ({failure}, exit code {exit_code}: {line or 'no stderr'}); "
+            f"safeguards.max_consecutive_failures = {k}. Fix the cause, then `ralph-ml resume`. "
+            f"Logs: runs/cycle_{last.cycle:04d}/logs/stderr.log",
+            cycles=[r.cycle for r in history[-k:]], failure=failure, exit_code=exit_code, stderr_last_line=line,
+        )
+    gate = sg.min_validation_gate
+    if gate is not None and len(history) >= sg.validation_gate_cycles:
+        passed = [r for r in history if r.metric is not None and target.dir.meets(r.metric, gate)]
+        if not passed:
+            best_seen = [r.metric for r in history if r.metric is not None]
+            best_v = (max if target.dir is Direction.MAXIMIZE else min)(best_seen) if best_seen else None
+            return _stop(
+                StopReason.VALIDATION_GATE,
+                f"no cycle passed the minimum validation gate ({target.name} vs {gate:g}) in "
+                f"{len(history)} cycles (safeguards.validation_gate_cycles = {sg.validation_gate_cycles}); "
+                f"best seen: {best_v}",
+                gate=gate, cycles=len(history), best_seen=best_v,
+            )
+    streak = _no_improvement_streak(history)
+    n = sg.no_improvement_stop_cycles
+    if streak >= n:
+        best = best_of(history)
+        return _stop(
+            StopReason.PLATEAU,
+            f"no improvement of at least {sg.min_improvement_delta:g} in {target.name} for {streak} cycles "
+            f"(safeguards.no_improvement_stop_cycles = {n}); best {best.metric:.6g} at cycle {best.cycle}"
+            if best and best.metric is not None
+            else f"no successful cycle in {streak} cycles (safeguards.no_improvement_stop_cycles = {n})",
+            streak=streak, min_delta=sg.min_improvement_delta,
+            best_cycle=best.cycle if best else None, best_metric=best.metric if best else None,
+        )
+    high = [r for r in (last.analysis.recommendations if last.analysis else ()) if r.confidence == "high"]
+    if last.kept:
+        why = f"{target.name} improved to {last.metric:.6g}"
+    elif high:
+        why = f"high-confidence recommendation: {high[0].action} ({high[0].rationale})"
+    else:
+        why = f"exploring: {streak} of {n} cycles without improvement used"
+    return Decision(action="continue", message=why, evidence={"no_improvement_streak": streak})

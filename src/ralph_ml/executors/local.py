@@ -1,0 +1,548 @@
+"""Local executor: each trial is a shell command in its own session on this machine.
+
+- ``train_cmd`` (then ``eval_cmd``) runs with ``/bin/sh -c`` in ``spec.code_dir`` as the
+  leader of a new session and process group, so one ``killpg`` reaches everything it started.
+- stdout/stderr go straight to ``<cycle_dir>/logs/{stdout,stderr}.log``; nothing is buffered here.
+- ``<cycle_dir>/trial.json`` records pid, pgid, the /proc start time and a random token that is
+  also in the trial's environment (``RALPH_TRIAL_TOKEN``): after a crash of the loop itself,
+  ``reap_orphans`` finds and kills the trial, including grandchildren that left the group.
+- Waiting blocks on a pidfd (no polling interval); ``<cycle_dir>/result.json`` is written
+  atomically when the trial ends and read back by ``read_result`` on resume.
+
+Linux only (/proc, pidfd); no psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExecutorError
+from ..hashing import changed_files
+from ..metrics import DEFAULT_METRICS_PATTERN, read_metrics
+from ..records import FailureClass, TrialResult, TrialSpec, TrialStatus
+from .base import Executor, TrialHandle
+
+log = logging.getLogger(__name__)
+
+TOKEN_VAR = "RALPH_TRIAL_TOKEN"
+TRIAL_FILE = "trial.json"  # written at each launch: who to kill if the loop dies
+RESULT_FILE = "result.json"  # written once, when the trial ends
+
+_TAIL_BYTES = 4096  # stderr_tail: at most the last 4 KB ...
+_TAIL_LINES = 40  # ... and 40 lines of stderr.log
+_SUSPENDED_RECHECK_S = 0.5  # while suspended, wake this often to notice a resume() from another thread
+_GROUP_RECHECK_S = 0.02  # during the kill grace, how often to look for group members still alive
+_SWEEP_PASSES = 5  # /proc sweeps repeat until one finds nothing new (catches forks during the sweep)
+# Lower-cased stderr fragments that mean the trial ran out of host or accelerator memory.
+_OOM_MARKERS = ("memoryerror", "out of memory", "std::bad_alloc", "resource_exhausted")
+
+
+# --------------------------------------------------------------------------- /proc helpers
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgrp, starttime in clock ticks) from /proc/<pid>/stat; None when pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return rest[0].decode(), int(rest[2]), int(rest[19])  # fields 3, 5 and 22
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _has_token(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return needle in b"\0" + fh.read()
+    except OSError:  # gone, or another user's process
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a non-zombie process is in process group ``pgid``."""
+    for pid in _pids():
+        st = _proc_stat(pid)
+        if st is not None and st[1] == pgid and st[0] != "Z":
+            return True
+    return False
+
+
+def _sweep(token: str, pgid: int | None = None) -> set[int]:
+    """SIGKILL every process carrying ``token`` in its environment (and, if given, in ``pgid``).
+
+    Returns the pids killed. Zombies are skipped: they are already dead.
+    """
+    needle = f"\0{TOKEN_VAR}={token}\0".encode()
+    me = os.getpid()
+    killed: set[int] = set()
+    for _ in range(_SWEEP_PASSES):
+        found = []
+        for pid in _pids():
+            if pid == me or pid in killed:
+                continue
+            if pgid is not None:
+                st = _proc_stat(pid)
+                if st is not None and st[1] == pgid and st[0] != "Z":
+                    found.append(pid)
+                    continue
+            if _has_token(pid, needle):
+                found.append(pid)
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except OSError:  # exited meanwhile, or not ours to kill
+                pass
+    return killed
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):  # group gone (or its id reused by someone else)
+        pass
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_json_atomic(path: Path, data: Any, *, fsync: bool) -> None:
+    """Write ``data`` to ``path`` through a temp file and ``os.replace``: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2))
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_tail(path: Path, max_bytes: int = _TAIL_BYTES, max_lines: int = _TAIL_LINES) -> str:
+    """The last lines of a log, reading only its final ``max_bytes`` (seek, never the whole file)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0 and len(lines) > 1:
+        lines = lines[1:]  # the first line was cut by the seek
+    return "\n".join(lines[-max_lines:])
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (as users type it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except (ValueError, OSError):  # not below it, or the working directory was deleted
+        return str(path)
+
+
+def read_result(cycle_dir: Path) -> TrialResult | None:
+    """The result a finished trial left in ``<cycle_dir>/result.json``; None if it never finished."""
+    path = Path(cycle_dir) / RESULT_FILE
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return TrialResult.from_dict(json.load(fh))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExecutorError(
+            f"cannot read the trial result {path}: {exc}; delete it to run cycle {Path(cycle_dir).name} again"
+        ) from exc
+
+
+def reap_orphans(cycle_dir: Path) -> int:
+    """Kill what is left of a trial whose loop died; returns how many processes were killed.
+
+    Uses ``<cycle_dir>/trial.json``: the recorded group is killed only when its leader is still
+    the same process (same /proc start time), so a reused pid is never touched. Processes that
+    carry the trial's token in their environment are killed either way.
+    """
+    path = Path(cycle_dir) / TRIAL_FILE
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        pid, pgid, start, token = int(info["pid"]), int(info["pgid"]), info["start_time"], str(info["token"])
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExecutorError(
+            f"cannot read {path}: {exc}; stop the trial's processes by hand "
+            f"(they carry {TOKEN_VAR} in their environment) and delete the file"
+        ) from exc
+    st = _proc_stat(pid)
+    same_leader = st is not None and st[0] != "Z" and start is not None and st[2] == int(start)
+    killed = _sweep(token, pgid if same_leader else None)
+    if same_leader:
+        _killpg(pgid, signal.SIGKILL)
+    return len(killed)
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class LocalExecutor(Executor):
+    """Runs each trial as a local subprocess group; see the module docstring.
+
+    ``kill_grace_s``: seconds between SIGTERM and SIGKILL on timeout or cancel.
+    ``metrics_pattern``: regex (group 1 name, group 2 value) for stdout metric lines.
+    A ``spec.timeout_s`` of 0, negative or infinite means no time limit.
+    """
+
+    name = "local"
+
+    def __init__(self, kill_grace_s: float = 5.0, metrics_pattern: str = DEFAULT_METRICS_PATTERN) -> None:
+        if kill_grace_s < 0:
+            raise ExecutorError(f"kill_grace_s must be >= 0 seconds, got {kill_grace_s}")
+        self.kill_grace_s = kill_grace_s
+        self.metrics_pattern = metrics_pattern
+
+    def submit(self, spec: TrialSpec) -> LocalTrialHandle:
+        return LocalTrialHandle(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern)
+
+
+class LocalTrialHandle(TrialHandle):
+    """A running local trial. ``wait``/``poll`` drive it: train → frozen check → eval → result.
+
+    Safe to call ``cancel``/``suspend``/``resume`` from another thread than the one waiting.
+    """
+
+    def __init__(self, spec: TrialSpec, *, kill_grace_s: float, metrics_pattern: str) -> None:
+        self.spec = spec
+        self._grace_s = kill_grace_s
+        self._pattern = metrics_pattern
+        self._lock = threading.RLock()
+        self._result: TrialResult | None = None
+
+        self.cycle_dir = Path(spec.cycle_dir)
+        self._code_dir = Path(spec.code_dir)
+        logs = self.cycle_dir / "logs"
+        self.stdout_log = logs / "stdout.log"
+        self.stderr_log = logs / "stderr.log"
+        metrics = Path(spec.metrics_path) if spec.metrics_path else self.cycle_dir / "metrics.json"
+        self._metrics_path = metrics if metrics.is_absolute() else self._code_dir / metrics
+        self._token = secrets.token_hex(16)
+        self._env = {**os.environ, **spec.env, TOKEN_VAR: self._token}
+        limit = spec.timeout_s
+        self._limit_s: float | None = limit if limit > 0 and math.isfinite(limit) else None
+
+        # Time accounting (monotonic seconds): active time excludes time spent suspended.
+        self._t0 = time.monotonic()
+        self._suspended_total_s = 0.0
+        self._suspended_since: float | None = None
+        self._phase_t0 = 0.0  # active time at the start of the current phase
+        self._train_s = 0.0
+        self._eval_s = 0.0
+
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            (self.cycle_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result would be read on resume
+        except OSError as exc:
+            raise ExecutorError(f"cannot prepare the cycle folder {self.cycle_dir}: {exc}") from exc
+        self.started_at = time.time()
+        self._phase = "train"
+        self._cmd = spec.train_cmd
+        self._proc, self._pidfd = self._launch("train", spec.train_cmd)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def pid(self) -> int:
+        """Pid (and process group id) of the command running now, or of the last one."""
+        return self._proc.pid
+
+    def poll(self) -> TrialResult | None:
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> TrialResult | None:
+        end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            with self._lock:
+                if self._result is None:
+                    self._advance()
+                if self._result is not None:
+                    return self._result
+                slice_s = _SUSPENDED_RECHECK_S if self._suspended_since is not None else self._time_left()
+                proc, pidfd = self._proc, self._pidfd
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                slice_s = left if slice_s is None else min(slice_s, left)
+            _block(proc, pidfd, slice_s)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._result is None:
+                self._advance()  # it may have ended on its own already
+            if self._result is not None:
+                return
+            rc, swept = self._kill_all()
+            active = self._active_s()
+            self._finish(
+                TrialStatus.CANCELLED,
+                FailureClass.CANCELLED,
+                rc,
+                f"cancelled after {active:.1f} s while running {self._phase}_cmd {self._cmd!r}"
+                + _swept_note(swept),
+            )
+
+    def suspend(self) -> None:
+        with self._lock:
+            if self._result is not None or self._suspended_since is not None:
+                return
+            _killpg(self._proc.pid, signal.SIGSTOP)
+            self._suspended_since = time.monotonic()
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._suspended_since is None:
+                return
+            if self._result is None:
+                _killpg(self._proc.pid, signal.SIGCONT)
+            self._suspended_total_s += time.monotonic() - self._suspended_since
+            self._suspended_since = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _launch(self, phase: str, cmd: str) -> tuple[subprocess.Popen[bytes], int | None]:
+        try:
+            with open(self.stdout_log, "ab") as out, open(self.stderr_log, "ab") as err:
+                proc = subprocess.Popen(
+                    cmd,
+                    shell=True,
+                    cwd=self._code_dir,
+                    env=self._env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # own session and process group: pgid == pid
+                )
+        except OSError as exc:
+            raise ExecutorError(
+                f"could not start {phase}_cmd {cmd!r} in {self._code_dir}: {exc}; "
+                "check that the cycle's code folder exists and is readable"
+            ) from exc
+        try:
+            pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # kernel < 5.3 or Python without pidfd: Popen.wait fallback
+            pidfd = None
+        st = _proc_stat(proc.pid)  # a zombie still has its stat until we reap it
+        info = {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "start_time": st[2] if st else None,  # /proc/<pid>/stat field 22, clock ticks
+            "token": self._token,
+            "phase": phase,
+            "run_id": self.spec.run_id,
+            "cycle": self.spec.cycle,
+            "started_at": time.time(),
+        }
+        try:
+            # No fsync: only a crash of the loop must be survived, and the page cache does.
+            _write_json_atomic(self.cycle_dir / TRIAL_FILE, info, fsync=False)
+        except OSError as exc:  # an untracked trial could not be reaped after a crash: do not run it
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if pidfd is not None:
+                os.close(pidfd)
+            raise ExecutorError(
+                f"could not record {phase}_cmd in {self.cycle_dir / TRIAL_FILE}: {exc}; "
+                "the command was stopped; check free disk space and permissions"
+            ) from exc
+        return proc, pidfd
+
+    def _active_s(self) -> float:
+        now = time.monotonic()
+        suspended = self._suspended_total_s
+        if self._suspended_since is not None:
+            suspended += now - self._suspended_since
+        return now - self._t0 - suspended
+
+    def _time_left(self) -> float | None:
+        return None if self._limit_s is None else self._limit_s - self._active_s()
+
+    def _exited(self) -> bool:
+        if self._pidfd is None:
+            return self._proc.poll() is not None
+        return _block(self._proc, self._pidfd, 0.0)
+
+    def _reap(self) -> int:
+        """Collect the exited leader's status; kill what it left in its group first."""
+        # With a pidfd the leader is still an unreaped zombie here, so its pgid cannot be reused.
+        _killpg(self._proc.pid, signal.SIGKILL)
+        rc = self._proc.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return rc
+
+    def _end_phase(self) -> None:
+        seconds = self._active_s() - self._phase_t0
+        if self._phase == "train":
+            self._train_s = seconds
+        else:
+            self._eval_s = seconds
+
+    def _advance(self) -> None:
+        """One non-blocking step of the state machine; sets ``_result`` when the trial ends."""
+        if self._exited():
+            rc = self._reap()
+            self._end_phase()
+            if rc != 0:
+                self._finish_failed(rc)
+                return
+            if self._phase == "train":
+                changed = changed_files(self._code_dir, self.spec.frozen_hashes) if self.spec.frozen_hashes else []
+                if changed:
+                    self._finish(
+                        TrialStatus.INVALID,
+                        FailureClass.FROZEN_MODIFIED,
+                        rc,
+                        f"frozen file(s) changed during train_cmd {self._cmd!r}: {', '.join(changed)}; "
+                        f"eval_cmd was not run; the trial's code is in {_display(self._code_dir)}",
+                    )
+                    return
+                if self.spec.eval_cmd:
+                    self._start_eval(self.spec.eval_cmd)
+                    return
+            self._finish(TrialStatus.OK, FailureClass.NONE, 0, "")
+            return
+        left = self._time_left()
+        if left is not None and left <= 0 and self._suspended_since is None:
+            rc, swept = self._kill_all()
+            self._finish(
+                TrialStatus.TIMEOUT,
+                FailureClass.TIMEOUT,
+                rc,
+                f"cycle {self.spec.cycle} was killed after {self._active_s():.0f} s "
+                f"(timeout_s = {self._limit_s:g}) while running {self._phase}_cmd {self._cmd!r}"
+                + _swept_note(swept)
+                + f"; last lines of stderr below; full log: {_display(self.stderr_log)}",
+            )
+
+    def _start_eval(self, cmd: str) -> None:
+        self._phase, self._cmd = "eval", cmd
+        self._phase_t0 = self._active_s()
+        try:
+            self._proc, self._pidfd = self._launch("eval", cmd)
+        except ExecutorError as exc:
+            self._finish(TrialStatus.FAILED, FailureClass.CRASH, None, str(exc))
+            return
+        if self._suspended_since is not None:  # train ended while suspended: eval starts suspended too
+            _killpg(self._proc.pid, signal.SIGSTOP)
+
+    def _kill_all(self) -> tuple[int, set[int]]:
+        """SIGTERM the group, give it ``kill_grace_s``, SIGKILL it, then sweep /proc for the token."""
+        pgid = self._proc.pid
+        _killpg(pgid, signal.SIGTERM)
+        _killpg(pgid, signal.SIGCONT)  # a stopped group cannot act on SIGTERM until continued
+        if self._suspended_since is not None:
+            self._suspended_total_s += time.monotonic() - self._suspended_since
+            self._suspended_since = None
+        deadline = time.monotonic() + self._grace_s
+        while (left := deadline - time.monotonic()) > 0 and not _block(self._proc, self._pidfd, left):
+            pass
+        # The leader is gone (or out of grace): give the rest of its group the remaining grace.
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(_GROUP_RECHECK_S)
+        _killpg(pgid, signal.SIGKILL)
+        rc = self._reap()
+        self._end_phase()
+        return rc, _sweep(self._token)
+
+    def _finish_failed(self, rc: int) -> None:
+        tail = read_tail(self.stderr_log)
+        failure = FailureClass.CRASH
+        why = ""
+        if rc in (-signal.SIGKILL, 128 + signal.SIGKILL):  # 137: how /bin/sh reports a child's SIGKILL
+            failure = FailureClass.OOM
+            why = " (SIGKILL that ralph-ml did not send: most likely the kernel's out-of-memory killer)"
+        else:
+            low = tail.lower()
+            marker = next((m for m in _OOM_MARKERS if m in low), None)
+            if marker is not None:
+                failure = FailureClass.OOM
+                why = f" (out of memory: stderr mentions {marker!r})"
+        how = f"exited with code {rc}"
+        if rc < 0:
+            try:
+                how = f"was killed by {signal.Signals(-rc).name} (exit code {rc})"
+            except ValueError:  # not a signal this Python knows by name
+                pass
+        self._finish(
+            TrialStatus.FAILED,
+            failure,
+            rc,
+            f"{self._phase}_cmd {self._cmd!r} {how}{why}; last lines of stderr below; "
+            f"full log: {_display(self.stderr_log)}",
+            tail,
+        )
+
+    def _finish(
+        self, status: TrialStatus, failure: FailureClass, rc: int | None, message: str, tail: str | None = None
+    ) -> None:
+        ended_at = time.time()
+        reading = read_metrics(self._metrics_path, self.stdout_log, self._pattern)
+        if reading.note:
+            message = f"{message}; {reading.note}" if message else reading.note
+        result = TrialResult(
+            status=status,
+            failure=failure,
+            exit_code=rc,
+            metrics=reading.metrics,
+            started_at=self.started_at,
+            ended_at=ended_at,
+            train_seconds=self._train_s,  # active seconds: time suspended is not counted
+            eval_seconds=self._eval_s,
+            message=message,
+            stderr_tail=read_tail(self.stderr_log) if tail is None else tail,
+        )
+        self._result = result
+        try:
+            _write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict(), fsync=True)
+        except OSError as exc:  # the result is still returned; only resuming from this file is lost
+            log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
+
+
+def _swept_note(swept: set[int]) -> str:
+    if not swept:
+        return ""
+    return f"; {len(swept)} process(es) that had left the trial's process group were killed too"
+
+
+def _block(proc: subprocess.Popen[bytes], pidfd: int | None, timeout_s: float | None) -> bool:
+    """Wait up to ``timeout_s`` (None: forever) for ``proc`` to exit; True once it has."""
+    if pidfd is None:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    poller = select.poll()  # a fresh poll object: they refuse concurrent use from two threads
+    poller.register(pidfd, select.POLLIN)
+    ms = None if timeout_s is None else max(0, math.ceil(timeout_s * 1000))
+    return bool(poller.poll(ms))

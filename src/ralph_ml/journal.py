@@ -1,0 +1,165 @@
+"""Append-only, fsynced journal (the source of truth) and atomic JSON snapshots.
+
+Each line of ``state/journal.jsonl`` is one event. A ``kill -9`` can tear only the last
+line; ``replay`` drops a torn tail (and ``Journal`` truncates it before appending), so
+every fully written event survives and none is read twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import StateError
+from .records import CycleRecord, Decision, Proposal
+
+
+def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, indent: int | None = 2) -> None:
+    """Write JSON so a reader never sees half a file: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=indent, allow_nan=False, default=str)
+            fh.write("\n")
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _valid_prefix(data: bytes) -> int:
+    """Length of the longest prefix made of complete, parseable JSON lines."""
+    end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = data[pos:nl]
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError:
+                break
+        pos = nl + 1
+        end = pos
+    return end
+
+
+def iter_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete event of a journal file, in order; a torn last line is ignored."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    end = _valid_prefix(data)
+    for line in data[:end].splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+class Journal:
+    """Appends events as JSON lines; each append is flushed and fdatasync'ed before returning."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            data = path.read_bytes()
+            end = _valid_prefix(data)
+            if end != len(data):  # a torn tail from a crash mid-append: drop it
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+                    os.fsync(fh.fileno())
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = (json.dumps(event, allow_nan=False, separators=(",", ":"), default=str) + "\n").encode()
+        os.write(self._fd, line)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass
+class Replay:
+    """What the journal says about a run."""
+
+    run: dict[str, Any]
+    records: list[CycleRecord] = field(default_factory=list)
+    decisions: dict[int, Decision] = field(default_factory=dict)
+    in_flight: tuple[int, Proposal] | None = None  # started, not recorded
+    stopped: dict[str, Any] | None = None  # last run_stopped event, if no resume followed
+    elapsed_s: float = 0.0  # active loop time up to the last recorded cycle
+    sessions: int = 0
+
+
+def replay(path: Path) -> Replay:
+    """Rebuild the run's history from the journal. Raises StateError if there is no run."""
+    run: dict[str, Any] | None = None
+    records: dict[int, CycleRecord] = {}
+    decisions: dict[int, Decision] = {}
+    started: dict[int, Proposal] = {}
+    stopped: dict[str, Any] | None = None
+    elapsed = 0.0
+    sessions = 0
+    for ev in iter_events(path):
+        kind = ev.get("type")
+        if kind == "run_started":
+            run = ev
+            sessions += 1
+        elif kind == "run_resumed":
+            stopped = None
+            sessions += 1
+        elif kind == "cycle_started":
+            started[int(ev["cycle"])] = Proposal.from_dict(ev["proposal"])
+        elif kind == "cycle_recorded":
+            rec = CycleRecord.from_dict(ev["record"])
+            if rec.cycle in records:  # never count a cycle twice, whatever the file says
+                continue
+            records[rec.cycle] = rec
+            if ev.get("decision"):
+                decisions[rec.cycle] = Decision.from_dict(ev["decision"])
+            elapsed = max(elapsed, float(ev.get("elapsed_s", 0.0)))
+        elif kind == "run_stopped":
+            stopped = ev
+            elapsed = max(elapsed, float(ev.get("elapsed_s", 0.0)))
+    if run is None:
+        raise StateError(
+            f"no run recorded in {path}. Start one with `ralph-ml start`."
+        )
+    in_flight = None
+    pending = sorted(c for c in started if c not in records)
+    if pending:
+        c = pending[-1]
+        in_flight = (c, started[c])
+    return Replay(
+        run=run,
+        records=[records[c] for c in sorted(records)],
+        decisions=decisions,
+        in_flight=in_flight,
+        stopped=stopped,
+        elapsed_s=elapsed,
+        sessions=sessions,
+    )

@@ -1,0 +1,694 @@
+"""The cycle state machine: propose → guard → materialize → execute → analyze → decide → record.
+
+Boring, deterministic code. It owns the safeguards, persistence and the best-so-far;
+agents and executors receive frozen records. The journal is appended and fsynced before
+and after every trial, so a ``kill -9`` at any instant followed by ``resume`` loses no
+recorded cycle and records none twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import decision as dec
+from .agents import Agent, AgentContext, get_agent
+from .analysis import analyze, read_progress, render_markdown
+from .checks import check_workspace, trial_path_env
+from .config import Config
+from .control import ControlReader
+from .errors import AgentError, GuardRejected, StateError, WorkspaceError
+from .executors import get_executor
+from .executors.local import reap_orphans, read_result
+from .guard import guard_patch
+from .hashing import hash_files
+from .journal import Journal, replay, write_json_atomic, write_text_atomic
+from .records import (
+    CycleRecord,
+    Decision,
+    FailureClass,
+    Proposal,
+    StopReason,
+    TrialResult,
+    TrialSpec,
+    TrialStatus,
+)
+from .workspace import GitVersions, apply_patch, snapshot
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+POLL_S = 0.25  # how often the loop looks at the control file while a trial runs
+
+
+def _noop(kind: str, data: dict[str, Any]) -> None:
+    return None
+
+
+def _new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class Loop:
+    """One run of the loop over one experiment folder. Use ``Loop.start`` or ``Loop.resume``."""
+
+    def __init__(self, cfg: Config, on_event: Optional[EventSink] = None) -> None:
+        self.cfg = cfg
+        self.emit = on_event or _noop
+        self.ws = cfg.path(cfg.paths.workspace)
+        self.runs_dir = cfg.path(cfg.paths.runs)
+        self.reports_dir = cfg.path(cfg.paths.reports)
+        self.state_dir = cfg.path(cfg.paths.state)
+        self.journal_path = self.state_dir / "journal.jsonl"
+        self.state_path = self.state_dir / "ralph_state.json"
+        self.control = ControlReader(self.state_dir / "control.json")
+        self.executor = get_executor(
+            cfg.execution.mode,
+            kill_grace_s=cfg.execution.kill_grace_s,
+            metrics_pattern=cfg.execution.metrics_pattern,
+        )
+        self.history: list[CycleRecord] = []
+        self.run_id = ""
+        self.frozen_hashes: dict[str, str] = {}
+        self.base_elapsed = 0.0
+        self.t0 = time.monotonic()
+        self.phase = "idle"
+        self.cycle = 0
+        self.git: GitVersions | None = None
+        self.agent: Agent | None = None
+        self.journal: Journal | None = None
+        self.last_decision: Decision | None = None
+        self._lock_fd: int | None = None
+        self._paused = False
+
+    # ------------------------------------------------------------------ set-up
+    def _lock(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / "loop.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateError(
+                f"another ralph-ml loop (pid {other}) is running this experiment ({self.state_dir}). "
+                "Watch it with `ralph-ml status`, or stop it with `ralph-ml stop`."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _setup_git(self) -> None:
+        mode = self.cfg.versioning.git
+        if mode is False:
+            return
+        if not GitVersions.is_repo(self.ws):
+            if mode == "auto":
+                return
+            GitVersions.init_repo(self.ws)
+        self.git = GitVersions(self.ws, self.run_id, self.state_dir / "git-index")
+
+    @classmethod
+    def start(cls, cfg: Config, on_event: Optional[EventSink] = None) -> Loop:
+        loop = cls(cfg, on_event)
+        loop._lock()
+        try:
+            if loop.journal_path.exists() and loop.journal_path.stat().st_size > 0:
+                rp = replay(loop.journal_path)
+                raise StateError(
+                    f"this experiment already has run {rp.run.get('run_id')} with {len(rp.records)} recorded cycle(s) "
+                    f"in {loop.state_dir}. Continue it with `ralph-ml resume`, or move runs/, reports/ and state/ "
+                    "aside to start a new run."
+                )
+            rep = check_workspace(cfg)
+            if not rep.ok:
+                raise WorkspaceError("the workspace is not ready:\n  - " + "\n  - ".join(rep.errors))
+            loop.run_id = _new_run_id()
+            loop.frozen_hashes = hash_files(loop.ws, cfg.files.frozen)
+            loop._setup_git()
+            loop.control.clear()
+            loop._write_run_env()
+            loop._prepare()
+            loop.agent = get_agent(cfg)
+            loop.journal = Journal(loop.journal_path)
+            loop.journal.append(
+                {
+                    "type": "run_started",
+                    "ts": time.time(),
+                    "run_id": loop.run_id,
+                    "config_path": str(cfg.source),
+                    "frozen_hashes": loop.frozen_hashes,
+                    "target": {"name": cfg.target.name, "value": cfg.target.value, "direction": cfg.target.dir.value},
+                    "seed": cfg.project.seed,
+                    "git_branch": loop.git.branch if loop.git else None,
+                }
+            )
+        except BaseException:
+            loop._unlock()
+            raise
+        loop.emit("run_started", {"run_id": loop.run_id, "target": cfg.target.describe(), "resumed": False})
+        return loop
+
+    @classmethod
+    def resume(cls, cfg: Config, on_event: Optional[EventSink] = None) -> Loop:
+        loop = cls(cfg, on_event)
+        loop._lock()
+        try:
+            if not loop.journal_path.exists():
+                raise StateError(
+                    f"nothing to resume: no journal at {loop.journal_path}. Start a run with `ralph-ml start`."
+                )
+            loop.journal = Journal(loop.journal_path)  # truncates a torn tail first
+            rp = replay(loop.journal_path)
+            loop.run_id = rp.run["run_id"]
+            loop.frozen_hashes = dict(rp.run.get("frozen_hashes", {}))
+            loop.history = list(rp.records)
+            loop.base_elapsed = rp.elapsed_s
+            loop._setup_git()
+            loop.control.clear()
+            loop.agent = get_agent(cfg)
+            for rec in loop.history:
+                loop.agent.observe(rec)
+            loop.journal.append({"type": "run_resumed", "ts": time.time(), "cycles_recorded": len(loop.history)})
+            loop._pending = rp.in_flight
+        except BaseException:
+            loop._unlock()
+            raise
+        loop.emit(
+            "run_started",
+            {"run_id": loop.run_id, "target": cfg.target.describe(), "resumed": True, "cycles": len(loop.history)},
+        )
+        return loop
+
+    _pending: tuple[int, Proposal] | None = None
+
+    def _prepare(self) -> None:
+        cmd = self.cfg.execution.prepare_cmd
+        if not cmd:
+            return
+        log = self.state_dir / "prepare.log"
+        self._phase("prepare")
+        env = {**os.environ, "PATH": trial_path_env(), "RALPH_DATA_DIR": str(self.cfg.path(self.cfg.data.root))}
+        with open(log, "wb") as fh:
+            rc = subprocess.run(cmd, shell=True, cwd=self.ws, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise WorkspaceError(
+                f"execution.prepare_cmd {cmd!r} exited with code {rc}; nothing was run. Full log: {log}"
+            )
+
+    def _write_run_env(self) -> None:
+        if not self.cfg.execution.env_capture:
+            return
+        from importlib import metadata
+
+        pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+        write_json_atomic(
+            self.state_dir / "env.json",
+            {
+                "python": sys.version,
+                "executable": sys.executable,
+                "platform": platform.platform(),
+                "hostname": socket.gethostname(),
+                "cpu_count": os.cpu_count(),
+                "packages": pkgs,
+            },
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def elapsed_s(self) -> float:
+        return self.base_elapsed + (time.monotonic() - self.t0)
+
+    def usage(self) -> dec.Usage:
+        return dec.usage_of(self.history, self.elapsed_s)
+
+    def cycle_dir(self, cycle: int) -> Path:
+        return self.runs_dir / f"cycle_{cycle:04d}"
+
+    def _phase(self, phase: str) -> None:
+        self.phase = phase
+        self.write_state()
+        self.emit("phase", {"cycle": self.cycle, "phase": phase})
+
+    def write_state(self, status: str | None = None) -> None:
+        best = dec.best_of(self.history)
+        sg = self.cfg.safeguards
+        usage = self.usage()
+        stop = self.last_decision if (self.last_decision and self.last_decision.stop) else None
+        state = {
+            "run_id": self.run_id,
+            "status": status or ("paused" if self._paused else ("stopped" if stop else "running")),
+            "phase": self.phase,
+            "cycle": self.cycle,
+            "cycles_recorded": len(self.history),
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "config_path": str(self.cfg.source),
+            "target": {"name": self.cfg.target.name, "value": self.cfg.target.value, "direction": self.cfg.target.dir.value},
+            "best": None
+            if best is None
+            else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
+            "verdicts": _count(r.verdict for r in self.history),
+            "elapsed_s": round(usage.elapsed_s, 3),
+            "safeguards": sg.model_dump(),
+            "budgets": {
+                "cycles_used": len(self.history),
+                "cycles_left": max(0, sg.max_cycles - len(self.history)),
+                "time_left_s": None
+                if sg.total_time_limit_minutes is None
+                else max(0.0, round(sg.total_time_limit_minutes * 60 - usage.elapsed_s, 1)),
+                "tokens_used": usage.tokens,
+                "tokens_left": None if sg.token_budget_total is None else max(0, sg.token_budget_total - usage.tokens),
+                "cost_used_usd": usage.cost_usd,
+                "cost_left_usd": None if sg.cost_budget_usd is None else max(0.0, sg.cost_budget_usd - usage.cost_usd),
+                "no_improvement_streak": dec._no_improvement_streak(self.history),
+            },
+            "stop": None if stop is None else {**stop.to_dict(), "exit_code": stop.exit_code},
+            "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
+        }
+        write_json_atomic(self.state_path, state)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> Decision:
+        try:
+            if self._pending is not None:
+                cycle, proposal = self._pending
+                self._pending = None
+                d = self._run_cycle(cycle, proposal, recovering=True)
+                if d.stop:
+                    return self._finish(d)
+            elif self.history:
+                d = dec.after_cycle(self.history, self.cfg, self.usage())
+                if d.stop:
+                    return self._finish(d)
+            while True:
+                d = self.step()
+                if d.stop:
+                    return self._finish(d)
+        finally:
+            if self.journal:
+                self.journal.close()
+            self._unlock()
+
+    def step(self) -> Decision:
+        """Run one cycle (or refuse to start one a budget cannot pay for)."""
+        d = dec.before_cycle(self.history, self.cfg, self.usage())
+        if d.stop:
+            return d
+        if self._wait_if_paused():
+            return self._manual_stop()
+        cycle = len(self.history) + 1
+        self.cycle = cycle
+        self._phase("propose")
+        assert self.agent is not None
+        usage = self.usage()
+        sg = self.cfg.safeguards
+        ctx = AgentContext(
+            cycle=cycle,
+            history=tuple(self.history),
+            best=dec.best_of(self.history),
+            last_analysis=self.history[-1].analysis if self.history else None,
+            search_space=self.cfg.search_space,
+            target_name=self.cfg.target.name,
+            direction=self.cfg.target.dir.value,
+            tokens_left=None if sg.token_budget_total is None else sg.token_budget_total - usage.tokens,
+            cost_left_usd=None if sg.cost_budget_usd is None else sg.cost_budget_usd - usage.cost_usd,
+        )
+        try:
+            proposal = self.agent.propose(ctx)
+        except AgentError as exc:
+            if "exhausted" in str(exc):
+                return Decision(action="stop", reason=StopReason.SEARCH_EXHAUSTED, message=str(exc))
+            proposal = Proposal(agent=self.agent.name, rationale="agent error", meta={"agent_error": str(exc)})
+        assert self.journal is not None
+        self.journal.append({"type": "cycle_started", "ts": time.time(), "cycle": cycle, "proposal": proposal.to_dict()})
+        return self._run_cycle(cycle, proposal, recovering=False)
+
+    def _run_cycle(self, cycle: int, proposal: Proposal, *, recovering: bool) -> Decision:
+        self.cycle = cycle
+        cdir = self.cycle_dir(cycle)
+        self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": recovering})
+        result: TrialResult | None = None
+        code_hashes: dict[str, str] = {}
+        commit: str | None = None
+        if recovering:
+            killed = reap_orphans(cdir) if cdir.exists() else 0
+            result = read_result(cdir) if cdir.exists() else None
+            if result is not None:
+                self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
+                code_hashes = hash_files(cdir / "code", self.cfg.files.frozen)
+                if (cdir / "version.json").exists():
+                    commit = json.loads((cdir / "version.json").read_text()).get("commit")
+            elif cdir.exists():
+                # The trial did not finish: keep its partial files as evidence, then re-run it once.
+                attic = self.runs_dir / ".interrupted"
+                attic.mkdir(parents=True, exist_ok=True)
+                n = 1
+                while (attic / f"{cdir.name}-attempt{n}").exists():
+                    n += 1
+                aside = attic / f"{cdir.name}-attempt{n}"
+                os.replace(cdir, aside)
+                self.emit("recovered", {"cycle": cycle, "how": "re-run", "killed": killed, "evidence": str(aside)})
+        if result is None:
+            result, code_hashes, commit = self._materialize_and_execute(cycle, cdir, proposal)
+        return self._record(cycle, cdir, proposal, result, code_hashes, commit)
+
+    def _invalid(self, failure: FailureClass, message: str) -> TrialResult:
+        now = time.time()
+        return TrialResult(status=TrialStatus.INVALID, failure=failure, message=message, started_at=now, ended_at=now)
+
+    def _materialize_and_execute(
+        self, cycle: int, cdir: Path, proposal: Proposal
+    ) -> tuple[TrialResult, dict[str, str], str | None]:
+        cfg = self.cfg
+        self._phase("materialize")
+        code = cdir / "code"
+        cdir.mkdir(parents=True, exist_ok=True)
+        (cdir / "logs").mkdir(exist_ok=True)
+        (cdir / "checkpoints").mkdir(exist_ok=True)
+        snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
+        best = dec.best_of(self.history)
+        params = {**(best.proposal.params if best else {}), **proposal.params}
+        write_json_atomic(cdir / "params.json", params)
+        write_json_atomic(cdir / "config.json", cfg.model_dump(mode="json"))
+        if "agent_error" in proposal.meta:
+            return self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}"), {}, None
+        # Re-apply the patches of the kept lineage, then this cycle's patch (guarded).
+        for rec in self.history:
+            if rec.kept and rec.proposal.patch:
+                apply_patch(code, rec.proposal.patch)
+        if proposal.patch:
+            write_text_atomic(cdir / "patch.diff", proposal.patch)
+            self._phase("guard")
+            try:
+                guard_patch(code, proposal.patch, mutable=cfg.files.mutable, frozen=cfg.files.frozen)
+            except GuardRejected as exc:
+                msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
+                write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")
+                return self._invalid(FailureClass.GUARD_REJECTED, msg), {}, None
+        code_hashes = hash_files(code, cfg.files.frozen)
+        changed = [f for f, h in code_hashes.items() if self.frozen_hashes.get(f) != h]
+        if changed:
+            return (
+                self._invalid(
+                    FailureClass.FROZEN_MODIFIED,
+                    f"frozen file(s) {changed} differ from the version hashed when the run started; "
+                    "the evaluation can no longer be trusted. Restore them (e.g. `git checkout -- "
+                    + " ".join(changed)
+                    + "`) and `ralph-ml resume`.",
+                ),
+                code_hashes,
+                None,
+            )
+        commit = None
+        if self.git is not None:
+            commit = self.git.commit_cycle(cycle, code, _commit_message(cycle, proposal, params))
+            write_json_atomic(cdir / "version.json", {"commit": commit, "branch": self.git.branch})
+        timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
+        if cfg.safeguards.total_time_limit_minutes is not None:
+            timeout_s = max(1.0, min(timeout_s, cfg.safeguards.total_time_limit_minutes * 60 - self.elapsed_s))
+        spec = TrialSpec(
+            run_id=self.run_id,
+            cycle=cycle,
+            cycle_dir=str(cdir),
+            code_dir=str(code),
+            train_cmd=cfg.execution.train_cmd,
+            eval_cmd=cfg.execution.eval_cmd,
+            params=params,
+            seed=cfg.project.seed,
+            timeout_s=timeout_s,
+            env=self._trial_env(cycle, cdir, params),
+            frozen_hashes=code_hashes,
+        )
+        self._phase("execute")
+        self.emit("trial_started", {"cycle": cycle, "params": params, "timeout_s": timeout_s})
+        handle = self.executor.submit(spec)
+        result = self._wait(handle)
+        self.emit("trial_ended", {"cycle": cycle, "status": result.status.value, "duration_s": result.duration_s})
+        return result, code_hashes, commit
+
+    def _trial_env(self, cycle: int, cdir: Path, params: dict[str, Any]) -> dict[str, str]:
+        env = {
+            "RALPH_RUN_ID": self.run_id,
+            "RALPH_CYCLE": str(cycle),
+            "RALPH_RUN_DIR": str(cdir),
+            "RALPH_PARAMS": str(cdir / "params.json"),
+            "RALPH_SEED": str(self.cfg.project.seed),
+            "RALPH_METRICS_PATH": str(cdir / "metrics.json"),
+            "RALPH_CHECKPOINT_DIR": str(cdir / "checkpoints"),
+            "RALPH_DATA_DIR": str(self.cfg.path(self.cfg.data.root)),
+            "RALPH_PROGRESS_PATH": str(cdir / "progress.jsonl"),
+            "RALPH_CONTROL_PATH": str(cdir / "control.json"),
+            "PATH": trial_path_env(),
+            "PYTHONUNBUFFERED": "1",
+            **self.cfg.execution.env,
+        }
+        for name, value in params.items():
+            env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+        return env
+
+    def _wait(self, handle: Any) -> TrialResult:
+        while True:
+            result = handle.wait(POLL_S)
+            if result is not None:
+                return result
+            action = self.control.action()
+            if action == "stop":
+                self.emit("manual", {"action": "stop", "cycle": self.cycle})
+                handle.cancel()
+                res = handle.wait(None)
+                return res
+            if action == "pause" and not self._paused:
+                handle.suspend()
+                self._paused = True
+                self._phase("paused")
+                self.emit("manual", {"action": "pause", "cycle": self.cycle})
+            elif action != "pause" and self._paused:
+                handle.resume()
+                self._paused = False
+                self._phase("execute")
+                self.emit("manual", {"action": "unpause", "cycle": self.cycle})
+
+    def _wait_if_paused(self) -> bool:
+        """Block while paused between cycles; True when a stop was requested."""
+        action = self.control.action()
+        if action == "stop":
+            return True
+        if action != "pause":
+            return False
+        self._paused = True
+        self._phase("paused")
+        self.emit("manual", {"action": "pause", "cycle": self.cycle})
+        while True:
+            time.sleep(POLL_S)
+            action = self.control.action()
+            if action == "stop":
+                self._paused = False
+                return True
+            if action != "pause":
+                self._paused = False
+                self.emit("manual", {"action": "unpause", "cycle": self.cycle})
+                return False
+
+    def _manual_stop(self) -> Decision:
+        return Decision(
+            action="stop",
+            reason=StopReason.MANUAL_STOP,
+            message=f"stopped by `ralph-ml stop` (control file {self.control.path})",
+            evidence={"control_file": str(self.control.path)},
+        )
+
+    # ------------------------------------------------------------------ record
+    def _classify(self, result: TrialResult) -> tuple[TrialResult, float | None]:
+        """Apply the target-metric rules: missing or non-finite target = failed, never a score of 0."""
+        if result.status is not TrialStatus.OK:
+            value = result.metrics.get(self.cfg.target.name)
+            return result, None if value is None or not math.isfinite(value) else None
+        name = self.cfg.target.name
+        if name not in result.metrics:
+            seen = ", ".join(sorted(result.metrics)) or "none"
+            return (
+                _replace(
+                    result,
+                    status=TrialStatus.FAILED,
+                    failure=FailureClass.MISSING_METRIC,
+                    message=f"the trial exited 0 but never reported the target metric {name!r} (metrics seen: {seen}); "
+                    f"write it to metrics.json (ralph_ml.trial.log_metrics) or print `{name}: value`",
+                ),
+                None,
+            )
+        value = result.metrics[name]
+        if not math.isfinite(value):
+            return (
+                _replace(
+                    result,
+                    status=TrialStatus.FAILED,
+                    failure=FailureClass.NAN,
+                    message=f"the target metric {name} is {value} (NaN/inf): the run diverged",
+                ),
+                None,
+            )
+        return result, value
+
+    def _record(
+        self, cycle: int, cdir: Path, proposal: Proposal, result: TrialResult, code_hashes: dict[str, str], commit: str | None
+    ) -> Decision:
+        cfg = self.cfg
+        self._phase("analyze")
+        result, metric = self._classify(result)
+        if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
+            # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
+            pass
+        kept, verdict = dec.judge(metric, result.status, self.history, cfg)
+        self._write_metrics(cycle, cdir, result)
+        progress = read_progress(cdir / "progress.jsonl")
+        analysis = analyze(result, metric, kept, self.history, progress, cfg)
+        write_text_atomic(cdir / "analysis.md", render_markdown(cycle, analysis, result, metric, verdict))
+        write_json_atomic(cdir / "recommendations.json", [r.to_dict() for r in analysis.recommendations])
+        record = CycleRecord(
+            cycle=cycle,
+            proposal=proposal,
+            result=result,
+            metric=metric,
+            kept=kept,
+            verdict=verdict,
+            analysis=analysis,
+            commit=commit,
+            frozen_hashes=code_hashes,
+        )
+        history = [*self.history, record]
+        self._phase("decide")
+        d = self._decide(history, result, code_hashes)
+        write_json_atomic(cdir / "decision.json", {**d.to_dict(), "cycle": cycle, "verdict": verdict, "kept": kept, "exit_code": d.exit_code if d.stop else None})
+        assert self.journal is not None
+        self.journal.append(
+            {
+                "type": "cycle_recorded",
+                "ts": time.time(),
+                "cycle": cycle,
+                "record": record.to_dict(),
+                "decision": d.to_dict(),
+                "elapsed_s": round(self.elapsed_s, 3),
+            }
+        )
+        self.history = history
+        self.last_decision = d
+        assert self.agent is not None
+        self.agent.observe(record)
+        if kept and commit and self.git is not None:
+            self.git.mark_best(commit)
+        self.write_state()
+        self.emit(
+            "cycle_recorded",
+            {
+                "cycle": cycle,
+                "status": result.status.value,
+                "failure": result.failure.value,
+                "metric": metric,
+                "verdict": verdict,
+                "kept": kept,
+                "diagnosis": analysis.diagnosis,
+                "recommendations": [r.to_dict() for r in analysis.recommendations[:2]],
+                "message": result.message,
+                "decision": d.to_dict(),
+            },
+        )
+        return d
+
+    def _decide(self, history: list[CycleRecord], result: TrialResult, code_hashes: dict[str, str]) -> Decision:
+        if result.failure is FailureClass.FROZEN_MODIFIED:
+            ws_now = hash_files(self.ws, self.cfg.files.frozen)
+            broken = [f for f, h in ws_now.items() if self.frozen_hashes.get(f) != h]
+            if broken:
+                return Decision(
+                    action="stop",
+                    reason=StopReason.FROZEN_BROKEN,
+                    message=f"frozen evaluation broken: {broken} changed in the workspace {self.ws} since the run "
+                    "started. Restore the original file(s) and `ralph-ml resume`, or start a new run.",
+                    evidence={"files": broken, "expected": {f: self.frozen_hashes.get(f) for f in broken}, "found": {f: ws_now[f] for f in broken}},
+                )
+        if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
+            return self._manual_stop()
+        return dec.after_cycle(history, self.cfg, dec.usage_of(history, self.elapsed_s))
+
+    def _write_metrics(self, cycle: int, cdir: Path, result: TrialResult) -> None:
+        """metrics.json in the seed-000 shape, keeping what the trial itself wrote."""
+        path = cdir / "metrics.json"
+        doc: dict[str, Any] = {}
+        if path.exists():
+            try:
+                loaded = json.loads(path.read_text())
+                doc = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                doc = {}
+        t = self.cfg.target
+        doc.update(
+            {
+                "cycle": cycle,
+                "run_id": self.run_id,
+                "target": {"name": t.name, "value": t.value, "direction": t.dir.value},
+                "result": {k: (v if math.isfinite(v) else repr(v)) for k, v in result.metrics.items()},
+                "status": result.status.value,
+                "failure": result.failure.value,
+            }
+        )
+        runtime = dict(doc.get("runtime") or {})
+        runtime.update(
+            {
+                "train_seconds": round(result.train_seconds, 3),
+                "eval_seconds": round(result.eval_seconds, 3),
+                "total_seconds": round(result.duration_s, 3),
+            }
+        )
+        doc["runtime"] = runtime
+        doc.setdefault("resources", {"hostname": socket.gethostname(), "cpu_count": os.cpu_count()})
+        write_json_atomic(path, doc)
+
+    def _finish(self, d: Decision) -> Decision:
+        self.last_decision = d
+        self.phase = "stopped"
+        assert self.journal is not None
+        self.journal.append(
+            {"type": "run_stopped", "ts": time.time(), "decision": d.to_dict(), "exit_code": d.exit_code, "elapsed_s": round(self.elapsed_s, 3)}
+        )
+        write_json_atomic(self.state_dir / "stop.json", {**d.to_dict(), "exit_code": d.exit_code, "cycles": len(self.history)})
+        self.write_state(status="stopped")
+        self.control.clear()
+        from .report import write_report
+
+        paths = write_report(self.cfg)
+        self.emit("run_stopped", {"decision": d.to_dict(), "exit_code": d.exit_code, "report": str(paths[0])})
+        return d
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        out[it] = out.get(it, 0) + 1
+    return out
+
+
+def _replace(result: TrialResult, **kw: Any) -> TrialResult:
+    from dataclasses import replace
+
+    return replace(result, **kw)
+
+
+def _commit_message(cycle: int, proposal: Proposal, params: dict[str, Any]) -> str:
+    ps = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return f"ralph-ml cycle {cycle}: {proposal.rationale}\n\nparams: {ps}\nagent: {proposal.agent}\n"

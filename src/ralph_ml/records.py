@@ -1,0 +1,264 @@
+"""Frozen records passed between the loop and its plugins.
+
+Plugins (agents, executors, analysis) receive these read-only records, never the loop.
+All records round-trip through ``to_dict`` / ``from_dict`` for the journal.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+
+class TrialStatus(str, enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    PRUNED = "pruned"
+    INVALID = "invalid"
+    CANCELLED = "cancelled"
+
+
+class FailureClass(str, enum.Enum):
+    NONE = "none"
+    CRASH = "crash"  # non-zero exit code
+    OOM = "oom"  # out of memory (host or accelerator)
+    NAN = "nan"  # target metric is NaN or infinite
+    MISSING_METRIC = "missing_metric"  # the target metric was never reported
+    TIMEOUT = "timeout"  # killed by the per-cycle time limit
+    GUARD_REJECTED = "guard_rejected"  # the proposal was refused before running
+    FROZEN_MODIFIED = "frozen_modified"  # a frozen file changed during the cycle
+    AGENT_ERROR = "agent_error"  # the agent could not propose
+    CANCELLED = "cancelled"  # manual stop while the trial ran
+
+
+class Direction(str, enum.Enum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+    def better(self, a: float, b: float, min_delta: float = 0.0) -> bool:
+        """True when ``a`` beats ``b`` by at least ``min_delta`` in this direction."""
+        if self is Direction.MAXIMIZE:
+            return a >= b + min_delta if min_delta > 0 else a > b
+        return a <= b - min_delta if min_delta > 0 else a < b
+
+    def meets(self, value: float, target: float) -> bool:
+        return value >= target if self is Direction.MAXIMIZE else value <= target
+
+
+class StopReason(str, enum.Enum):
+    TARGET_MET = "target_met"
+    MAX_CYCLES = "max_cycles"
+    PLATEAU = "plateau"
+    TIME_BUDGET = "time_budget"
+    TOKEN_BUDGET = "token_budget"
+    COST_BUDGET = "cost_budget"
+    CIRCUIT_BREAKER = "circuit_breaker"
+    VALIDATION_GATE = "validation_gate"
+    MANUAL_STOP = "manual_stop"
+    FROZEN_BROKEN = "frozen_broken"
+    SEARCH_EXHAUSTED = "search_exhausted"
+    ERROR = "error"
+
+    @property
+    def exit_code(self) -> int:
+        """Exit codes of the CLI contract: 0 clean, 2 safeguard, 3 plateau, 4 unrecoverable."""
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {
+    StopReason.TARGET_MET: 0,
+    StopReason.MANUAL_STOP: 0,
+    StopReason.SEARCH_EXHAUSTED: 0,
+    StopReason.MAX_CYCLES: 2,
+    StopReason.TIME_BUDGET: 2,
+    StopReason.TOKEN_BUDGET: 2,
+    StopReason.COST_BUDGET: 2,
+    StopReason.CIRCUIT_BREAKER: 2,
+    StopReason.VALIDATION_GATE: 2,
+    StopReason.PLATEAU: 3,
+    StopReason.FROZEN_BROKEN: 4,
+    StopReason.ERROR: 4,
+}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: enums to values, non-finite floats to strings."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _unclean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))  # type: ignore[call-overload,no-any-return]
+
+
+@dataclass(frozen=True)
+class Proposal(_Record):
+    """What an agent wants the next cycle to run."""
+
+    params: dict[str, Any] = field(default_factory=dict)
+    patch: str | None = None  # unified diff against the current best code, or None
+    rationale: str = ""
+    agent: str = ""
+    tokens_used: int = 0
+    cost_usd: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Proposal:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TrialSpec(_Record):
+    """Everything an executor needs to run one trial; paths are absolute strings."""
+
+    run_id: str
+    cycle: int
+    cycle_dir: str  # runs/cycle_NNNN
+    code_dir: str  # runs/cycle_NNNN/code: the trial's working directory
+    train_cmd: str
+    eval_cmd: str | None
+    params: dict[str, Any]
+    seed: int
+    timeout_s: float
+    env: dict[str, str] = field(default_factory=dict)  # full RALPH_* environment + extras
+    frozen_hashes: dict[str, str] = field(default_factory=dict)  # checked before eval_cmd
+
+    @property
+    def metrics_path(self) -> str:
+        return self.env.get("RALPH_METRICS_PATH", "")
+
+
+@dataclass(frozen=True)
+class TrialResult(_Record):
+    """How a trial ended. A failed trial has no score: ``metrics`` may be partial."""
+
+    status: TrialStatus
+    failure: FailureClass = FailureClass.NONE
+    exit_code: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    message: str = ""
+    stderr_tail: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.ended_at - self.started_at)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["status"] = TrialStatus(kw["status"])
+        kw["failure"] = FailureClass(kw.get("failure", "none"))
+        kw["metrics"] = _unclean_metrics(kw.get("metrics", {}))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Recommendation(_Record):
+    action: str  # e.g. "decrease:lr", "increase:epochs", "explore"
+    rationale: str
+    confidence: str  # "high" | "medium" | "low"
+    param: str | None = None
+    direction: str | None = None  # "increase" | "decrease"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recommendation:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Analysis(_Record):
+    diagnosis: str  # improving | plateau | diverged | overfitting | underfitting | failed | baseline
+    summary: str
+    recommendations: tuple[Recommendation, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Analysis:
+        recs = tuple(Recommendation.from_dict(r) for r in d.get("recommendations", ()))
+        return cls(diagnosis=d.get("diagnosis", ""), summary=d.get("summary", ""), recommendations=recs)
+
+
+@dataclass(frozen=True)
+class Decision(_Record):
+    """The decision engine's verdict after a cycle (or before one, for budgets)."""
+
+    action: str  # "continue" | "stop"
+    reason: StopReason | None = None
+    message: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stop(self) -> bool:
+        return self.action == "stop"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.reason is None else self.reason.exit_code
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
+        reason = d.get("reason")
+        return cls(
+            action=d["action"],
+            reason=StopReason(reason) if reason else None,
+            message=d.get("message", ""),
+            evidence=dict(d.get("evidence", {})),
+        )
+
+
+@dataclass(frozen=True)
+class CycleRecord(_Record):
+    """One recorded cycle: the unit of history every plugin reads."""
+
+    cycle: int
+    proposal: Proposal
+    result: TrialResult
+    metric: float | None  # the target metric, None when the trial did not produce a valid one
+    kept: bool  # improved the best by at least min_delta (and passed the gate)
+    verdict: str  # kept | discarded | below_gate | failed | invalid | timeout | pruned | cancelled
+    analysis: Analysis | None = None
+    commit: str | None = None  # git commit of this cycle's code, when versioned
+    frozen_hashes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CycleRecord:
+        metric = d.get("metric")
+        return cls(
+            cycle=int(d["cycle"]),
+            proposal=Proposal.from_dict(d["proposal"]),
+            result=TrialResult.from_dict(d["result"]),
+            metric=None if metric is None else float(metric),
+            kept=bool(d["kept"]),
+            verdict=str(d["verdict"]),
+            analysis=Analysis.from_dict(d["analysis"]) if d.get("analysis") else None,
+            commit=d.get("commit"),
+            frozen_hashes=dict(d.get("frozen_hashes", {})),
+        )

@@ -1,0 +1,293 @@
+"""The in-trial helper API: what a training script calls to talk to the loop.
+
+A trial is a plain script. The loop runs it with ``RALPH_*`` environment variables; this
+module turns them into a few calls::
+
+    from ralph_ml import trial
+
+    cfg = trial.params({"lr": 1e-3, "epochs": 20})   # the baseline, overridden per cycle
+    torch.manual_seed(trial.seed())
+    for epoch in range(cfg["epochs"]):
+        ...
+        if trial.report(epoch, train_loss=loss):     # progress.jsonl; True = asked to stop
+            break
+    trial.log_metrics(val_accuracy=acc)              # metrics.json {"result": {...}}
+
+Outside the loop (``python train.py``) every call still works: ``params`` returns the
+defaults, ``report`` does nothing, ``log_metrics`` writes ``./metrics.json``.
+
+Environment contract (set by the executor for each trial):
+
+=====================  ==========================================================
+RALPH_RUN_ID           id of the run (``ralph-ml start``)
+RALPH_CYCLE            cycle number, 1-based
+RALPH_RUN_DIR          the cycle folder, ``runs/cycle_NNNN``
+RALPH_PARAMS           path to ``params.json``: a JSON object, name -> value
+RALPH_PARAM_<NAME>     each parameter as a string (for shell scripts)
+RALPH_SEED             the seed to use
+RALPH_METRICS_PATH     where ``metrics.json`` goes
+RALPH_CHECKPOINT_DIR   where checkpoints go
+RALPH_DATA_DIR         shared data folder (downloads, caches)
+RALPH_PROGRESS_PATH    ``progress.jsonl``, one JSON object per ``report`` call
+RALPH_CONTROL_PATH     a JSON file the loop writes ``{"action": "stop"}`` into
+=====================  ==========================================================
+
+This module is imported by every trial, so it uses the standard library only (no torch,
+no numpy, no pydantic) and imports in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import RalphError
+
+__all__ = [
+    "TrialError",
+    "checkpoint_dir",
+    "cycle",
+    "data_dir",
+    "log_metrics",
+    "params",
+    "report",
+    "seed",
+    "should_stop",
+]
+
+# Outside the loop the helpers fall back to these paths, relative to the working directory.
+_STANDALONE_METRICS = "metrics.json"
+_STANDALONE_CHECKPOINTS = "checkpoints"
+_STANDALONE_DATA = "data"
+
+
+class TrialError(RalphError):
+    """The trial's environment or arguments cannot be used (bad params.json, bad metric value)."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The hyperparameters of this trial: ``defaults`` updated with ``$RALPH_PARAMS``.
+
+    A value whose name has a default is cast to the default's type (``64.0`` -> ``64`` when
+    the default is an int; ``"true"`` -> ``True`` when it is a bool). Names without a default
+    are passed through as the JSON holds them. Outside the loop: a copy of ``defaults``.
+    """
+    out: dict[str, Any] = dict(defaults or {})
+    path = os.environ.get("RALPH_PARAMS")
+    if not path:
+        return out
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrialError(
+            f"RALPH_PARAMS points to {path}, which does not exist. Unset RALPH_PARAMS to run "
+            "with the defaults, or point it to a params.json file."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise TrialError(f"{path} (RALPH_PARAMS) is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise TrialError(f"{path} (RALPH_PARAMS) must hold a JSON object name -> value, got {type(raw).__name__}")
+    for name, value in raw.items():
+        out[name] = _cast(name, value, out[name]) if out.get(name) is not None else value
+    return out
+
+
+def _cast(name: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default``; TrialError when that would lose data."""
+    kind = type(default)
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)) or (isinstance(value, float) and value in (0.0, 1.0)):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(default, int):
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float):
+                if not number.is_integer():
+                    raise ValueError(value)
+                return kind(int(number))
+            if isinstance(number, int) and not isinstance(number, bool):
+                return kind(number)
+            raise ValueError(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return kind(value)
+        if isinstance(default, str):
+            return value if isinstance(value, str) else str(value)
+    except (TypeError, ValueError):
+        raise TrialError(
+            f"parameter {name!r} = {value!r} cannot be used as {kind.__name__} (the type of its "
+            f"default {default!r}). Fix the search space or the default in train.py."
+        ) from None
+    return value  # lists, dicts and other defaults: taken as the JSON holds it
+
+
+def seed() -> int:
+    """The seed of this trial (``$RALPH_SEED``), 0 outside the loop."""
+    return _int_env("RALPH_SEED") or 0
+
+
+def cycle() -> int | None:
+    """The cycle number (``$RALPH_CYCLE``), None outside the loop."""
+    return _int_env("RALPH_CYCLE")
+
+
+def checkpoint_dir() -> Path:
+    """Where to save checkpoints (``$RALPH_CHECKPOINT_DIR``, else ``./checkpoints``); created."""
+    path = Path(os.environ.get("RALPH_CHECKPOINT_DIR") or _STANDALONE_CHECKPOINTS)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path:
+    """The shared data folder (``$RALPH_DATA_DIR``, else ``./data``); not created."""
+    return Path(os.environ.get("RALPH_DATA_DIR") or _STANDALONE_DATA)
+
+
+def _int_env(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise TrialError(f"${name} = {raw!r} is not an integer; unset it or set a whole number.") from None
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def report(step: int, **metrics: float) -> bool:
+    """Append ``{"step", "time", **metrics}`` to progress.jsonl; True when asked to stop.
+
+    Call it once per epoch (or every N steps) and stop training when it returns True: the
+    loop asks a trial to stop when it is pruned or the run is stopped. Outside the loop
+    nothing is written and it returns False.
+    """
+    path = os.environ.get("RALPH_PROGRESS_PATH")
+    if path:
+        record: dict[str, Any] = {"step": int(step), "time": time.time()}
+        record.update(_clean(metrics))
+        line = json.dumps(record, allow_nan=False) + "\n"
+        # Open, append, close every time: the loop tails this file while the trial runs,
+        # and a trial killed mid-way leaves every finished line readable.
+        try:
+            fh = open(path, "a", encoding="utf-8")
+        except FileNotFoundError:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a", encoding="utf-8")
+        with fh:
+            fh.write(line)
+            fh.flush()
+    return should_stop()
+
+
+# (path, inode, mtime_ns, size, answer): the control file is read again only when it changed.
+_control_cache: tuple[str, int, int, int, bool] | None = None
+
+
+def should_stop() -> bool:
+    """True when the loop wrote ``{"action": "stop"}`` to ``$RALPH_CONTROL_PATH``.
+
+    Cheap enough to call every step: one ``os.stat``, and a read only when the file changed.
+    """
+    global _control_cache
+    path = os.environ.get("RALPH_CONTROL_PATH")
+    if not path:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+    if _control_cache is not None and _control_cache[:4] == key:
+        return _control_cache[4]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False  # half-written or unreadable: ask again next time, do not cache
+    answer = isinstance(data, dict) and data.get("action") == "stop"
+    _control_cache = (*key, answer)
+    return answer
+
+
+# --------------------------------------------------------------------------- results
+
+
+def log_metrics(**metrics: float) -> None:
+    """Merge ``metrics`` into the ``"result"`` of metrics.json, written atomically.
+
+    Earlier results and other top-level keys (``"runtime"``, ...) are kept, so training and
+    a separate evaluation script can each add theirs. NaN and infinities are written as the
+    strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file stays valid JSON. Outside the loop
+    the file is ``./metrics.json``.
+    """
+    path = Path(os.environ.get("RALPH_METRICS_PATH") or _STANDALONE_METRICS)
+    doc: dict[str, Any] = {}
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise TrialError(f"{path} exists but is not valid JSON ({exc}); delete it or fix it, then rerun.") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("result", {}), dict):
+            raise TrialError(
+                f"{path} does not have the metrics.json shape {{\"result\": {{...}}}}; delete it or fix it, then rerun."
+            )
+    result = dict(doc.get("result", {}))
+    result.update(_clean(metrics))
+    doc["result"] = result
+    _write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+
+
+def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metric values as JSON-safe numbers: ints stay ints, NaN/inf become strings."""
+    out: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool):
+            out[name] = int(value)
+            continue
+        if isinstance(value, int):
+            out[name] = value
+            continue
+        try:
+            number = float(value)  # numpy scalars and 0-d tensors have __float__
+        except (TypeError, ValueError):
+            raise TrialError(f"metric {name!r} = {value!r} is not a number; pass a float (e.g. loss.item()).") from None
+        if math.isnan(number):
+            out[name] = "nan"
+        elif math.isinf(number):
+            out[name] = "inf" if number > 0 else "-inf"
+        else:
+            out[name] = number
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,635 @@
+"""Per-cycle code folders, git versioning of each cycle, and patch application.
+
+* :func:`snapshot` copies the experiment's workspace into ``runs/cycle_NNNN/code``.
+* :class:`GitVersions` records each cycle's code as a commit on ``ralph/<run_id>`` with git
+  plumbing and a private index, so the user's working tree, index and HEAD are never touched.
+* :func:`apply_patch` applies an agent's unified diff inside a cycle's code folder.
+* :func:`hash_files` (from :mod:`ralph_ml.hashing`) hashes the frozen files.
+
+The unified-diff header parser lives here too (:func:`parse_patch`): applying a patch and
+guarding it (:mod:`ralph_ml.guard`) must agree on which paths a patch touches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ralph_ml.errors import GuardRejected, WorkspaceError
+from ralph_ml.hashing import hash_files
+
+__all__ = [
+    "FileDiff",
+    "GitVersions",
+    "apply_patch",
+    "hash_files",
+    "parse_patch",
+    "snapshot",
+]
+
+ALWAYS_EXCLUDED = (".git",)  # never copied, whatever files.exclude says
+
+# --------------------------------------------------------------------------------------
+# snapshot
+
+
+def snapshot(src: Path, dest: Path, *, exclude: Sequence[str], skip: Sequence[Path] = ()) -> list[str]:
+    """Copy the workspace ``src`` into ``dest`` (created); return the sorted relative paths copied.
+
+    ``exclude`` holds glob patterns matched against every path component's name
+    (``__pycache__``, ``*.pyc``, ``data``); ``.git`` is always excluded. ``skip`` holds
+    absolute folders left out (runs/, reports/, state/ when they live inside ``src``);
+    ``dest`` itself is always skipped. A symlink is copied as a (relative) symlink when its
+    target lies inside ``src`` and skipped otherwise: links out of the workspace are never
+    followed. Files keep their mode and mtime (``shutil.copy2``).
+    """
+    src_real = os.path.realpath(src)
+    if not os.path.isdir(src_real):
+        raise WorkspaceError(
+            f"workspace folder {str(src)!r} does not exist or is not a folder; "
+            "set paths.workspace in the config to the folder holding the experiment's files"
+        )
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_real = os.path.realpath(dest)
+    # Skipped folders as paths relative to src: compared per directory without more syscalls.
+    skip_rel = {
+        rel
+        for folder in (*[os.fspath(p) for p in skip], dest_real)
+        if (rel := _relative_inside(os.path.realpath(folder), src_real)) is not None
+    }
+    if "" in skip_rel:
+        raise WorkspaceError(
+            f"cannot snapshot {src_real!r} into {str(dest)!r}: the workspace itself is skipped; "
+            "point paths.runs/reports/state at folders inside or beside the workspace, not at it"
+        )
+    patterns = tuple(dict.fromkeys((*exclude, *ALWAYS_EXCLUDED)))
+    copied: list[str] = []
+    _copy_tree(src_real, str(dest), "", src_real, patterns, skip_rel, copied)
+    copied.sort()
+    return copied
+
+
+def _relative_inside(path: str, root: str) -> str | None:
+    """``path`` relative to ``root`` in posix form ('' for root itself), or None if outside."""
+    if path == root:
+        return ""
+    prefix = root.rstrip(os.sep) + os.sep
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix) :].replace(os.sep, "/")
+
+
+def _excluded(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _copy_tree(
+    src_dir: str,
+    dest_dir: str,
+    rel_dir: str,
+    src_root: str,
+    patterns: Sequence[str],
+    skip_rel: Collection[str],
+    copied: list[str],
+) -> None:
+    with os.scandir(src_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if _excluded(name, patterns):
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            target = os.path.join(dest_dir, name)
+            if entry.is_symlink():
+                resolved = os.path.realpath(entry.path)
+                inside = _relative_inside(resolved, src_root)
+                if inside is None or inside == "":
+                    continue  # points out of the workspace (or at its root): never followed
+                link = os.path.relpath(resolved, os.path.realpath(src_dir))
+                os.symlink(link, target)
+                copied.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                if rel in skip_rel:
+                    continue
+                os.mkdir(target)
+                _copy_tree(entry.path, target, rel, src_root, patterns, skip_rel, copied)
+            elif entry.is_file(follow_symlinks=False):
+                shutil.copy2(entry.path, target, follow_symlinks=False)
+                copied.append(rel)
+            # sockets, fifos, devices: not part of an experiment's code
+
+
+# --------------------------------------------------------------------------------------
+# git versioning
+
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "ralph-ml",
+    "GIT_AUTHOR_EMAIL": "ralph-ml@localhost",
+    "GIT_COMMITTER_NAME": "ralph-ml",
+    "GIT_COMMITTER_EMAIL": "ralph-ml@localhost",
+}
+# Inherited variables that would redirect git away from the repository we name explicitly.
+_REPO_ENV = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_PREFIX",
+    "GIT_COMMON_DIR",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+)
+# Per-command settings: no filesystem monitor daemon or untracked cache for the snapshot
+# work tree (both belong to the user's own work tree); files are compared by inode and
+# ctime too, so a copied file with the same size and mtime is never taken as unchanged.
+_SAFE_CONFIG = (
+    "-c", "core.fsmonitor=false",
+    "-c", "core.untrackedCache=false",
+    "-c", "core.checkStat=default",
+    "-c", "core.trustctime=true",
+    "-c", "core.ignoreStat=false",
+)
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_ZERO_SHA = "0" * 40
+
+
+def _git_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    env.update(_IDENTITY)
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env.update(extra)
+    return env
+
+
+def _git_exe() -> str:
+    exe = shutil.which("git")
+    if exe is None:
+        raise WorkspaceError(
+            "git is not installed (not found on PATH) but versioning.git asks for it; "
+            "install git (e.g. 'apt-get install git') or set versioning.git = false in the config"
+        )
+    return exe
+
+
+def _run_git(
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: Path | str | None = None,
+    input_text: str | None = None,
+    check: bool = True,
+    hint: str,
+) -> subprocess.CompletedProcess[str]:
+    cmd = [_git_exe(), *args]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, input=input_text, capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        raise WorkspaceError(f"could not start {' '.join(cmd)!r}: {exc}; {hint}") from exc
+    if check and proc.returncode != 0:
+        raise WorkspaceError(
+            f"git command failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"stderr: {proc.stderr.strip() or '(empty)'}\n{hint}"
+        )
+    return proc
+
+
+class GitVersions:
+    """Each cycle's code as a commit on ``refs/heads/ralph/<run_id>``, best one tagged.
+
+    Commits are built with plumbing (``add -A`` into a private index, ``write-tree``,
+    ``commit-tree``, ``update-ref``) against the cycle's code folder as work tree: the
+    user's working tree, index and HEAD are never read for writing or changed. The repo's
+    ``.gitignore`` rules (as snapshotted into the code folder) and ``.git/info/exclude``
+    apply. ``repo`` must be the top level of the work tree holding the workspace's files
+    (the workspace itself): the code folder's files land at the root of each commit.
+
+    ``git checkout ralph/<run_id>/best -- train.py`` brings the best version back.
+    """
+
+    def __init__(self, repo: Path, run_id: str, index_path: Path) -> None:
+        if not _RUN_ID_RE.match(run_id) or run_id.endswith(".lock") or ".." in run_id:
+            raise WorkspaceError(
+                f"run id {run_id!r} cannot name a git branch; use letters, digits, '.', '_' "
+                "and '-' (not starting with '.' or '-', no '..', not ending in '.lock')"
+            )
+        self.repo = Path(repo)
+        self.run_id = run_id
+        self.index_path = Path(index_path)
+        self._git_dir = str(self.repo / ".git")
+        self._tip: str | None = None  # the branch tip as of our last commit
+        self._index_holds: str | None = None  # commit whose tree the private index holds
+
+    @property
+    def branch(self) -> str:
+        """Short branch name, ``ralph/<run_id>`` (full ref ``refs/heads/ralph/<run_id>``)."""
+        return f"ralph/{self.run_id}"
+
+    @property
+    def best_tag(self) -> str:
+        """Short tag name, ``ralph/<run_id>/best`` (full ref ``refs/tags/ralph/<run_id>/best``)."""
+        return f"ralph/{self.run_id}/best"
+
+    # -- repository setup -------------------------------------------------------------
+
+    @staticmethod
+    def is_repo(path: Path) -> bool:
+        """True when ``path`` is the top level of a git work tree (False without git)."""
+        if shutil.which("git") is None or not os.path.exists(os.path.join(path, ".git")):
+            return False
+        proc = _run_git(
+            ["-C", str(path), "rev-parse", "--show-toplevel"], env=_git_env(), check=False, hint=""
+        )
+        top = proc.stdout.strip()
+        return proc.returncode == 0 and bool(top) and os.path.realpath(top) == os.path.realpath(path)
+
+    @staticmethod
+    def init_repo(path: Path, *, exclude: Sequence[str] = ()) -> None:
+        """``git init`` ``path`` and commit its current files when the repo has no commit yet.
+
+        ``exclude`` patterns (``data/``, ``runs/``, ``*.pyc``) are appended to the repo's
+        ``.git/info/exclude`` first, so the initial commit holds code, not data or outputs,
+        without writing a ``.gitignore`` into the user's folder. The commit is authored by
+        ``ralph-ml <ralph-ml@localhost>``: no user git config is needed.
+        """
+        path = Path(path)
+        env = _git_env()
+        hint = f"check that {str(path)!r} is a writable folder, or set versioning.git = false"
+        _run_git(["init", "-q", str(path)], env=env, hint=hint)
+        has_commit = _run_git(
+            ["-C", str(path), "rev-parse", "-q", "--verify", "HEAD^{commit}"],
+            env=env, check=False, hint=hint,
+        )
+        if has_commit.returncode == 0:
+            return
+        if exclude:
+            info = path / ".git" / "info"
+            info.mkdir(parents=True, exist_ok=True)
+            existing = (info / "exclude").read_text() if (info / "exclude").exists() else ""
+            new = [p for p in exclude if p not in existing.splitlines()]
+            if new:
+                sep = "" if not existing or existing.endswith("\n") else "\n"
+                body = "# added by ralph-ml: not versioned\n" + "\n".join(new) + "\n"
+                (info / "exclude").write_text(existing + sep + body)
+        _run_git(["-C", str(path), *_SAFE_CONFIG, "add", "-A"], env=env, hint=hint)
+        _run_git(
+            ["-C", str(path), "commit", "-q", "--no-verify", "--no-gpg-sign", "--allow-empty",
+             "-m", "ralph-ml: initial commit of the experiment workspace"],
+            env=env, hint=hint,
+        )
+
+    # -- per cycle --------------------------------------------------------------------
+
+    def commit_cycle(self, cycle: int, code_dir: Path, message: str) -> str:
+        """Commit ``code_dir`` as cycle ``cycle`` on ``ralph/<run_id>``; return the commit sha.
+
+        Call it right after the snapshot is materialized and before the trial runs, so
+        checkpoints and logs the trial writes are never part of the commit. The first
+        parent is the branch's previous tip, else the repo's HEAD commit, else none (an
+        unborn repo). Four git processes per cycle (five on the first of a process).
+        """
+        code_dir = Path(code_dir)
+        branch_ref = f"refs/heads/{self.branch}"
+        hint = (
+            f"the cycle's code is still in {str(code_dir)!r}; check that {self._git_dir!r} is a "
+            "healthy git repository ('git fsck') and that no other ralph-ml process uses "
+            f"{str(self.index_path)!r}, or set versioning.git = false"
+        )
+        env = _git_env(GIT_INDEX_FILE=str(self.index_path))
+        base = ["--git-dir", self._git_dir, *_SAFE_CONFIG]
+        parent: str | None
+        old_tip: str | None
+        if self._tip is not None:
+            parent = old_tip = self._tip
+        else:
+            old_tip = self._rev(branch_ref, env, hint)
+            parent = old_tip if old_tip is not None else self._rev("HEAD", env, hint)
+        self.index_path.parent.mkdir(parents=True, exist_ok=True)
+        if parent is None:
+            self.index_path.unlink(missing_ok=True)
+        elif self._index_holds != parent:
+            # Start from the parent's tree so files tracked despite .gitignore stay tracked;
+            # `add -A` then makes the index match code_dir exactly, removals included.
+            _run_git([*base, "read-tree", parent], env=env, hint=hint)
+        _run_git([*base, "--work-tree", str(code_dir), "add", "-A"], env=env, cwd=code_dir, hint=hint)
+        self._index_holds = None  # until the commit below exists
+        tree = _run_git([*base, "write-tree"], env=env, hint=hint).stdout.strip()
+        body = f"{message.rstrip()}\n\nRalph-Run: {self.run_id}\nRalph-Cycle: {cycle}\n"
+        commit_args = [*base, "commit-tree", "--no-gpg-sign", tree]
+        if parent is not None:
+            commit_args += ["-p", parent]
+        sha = _run_git(commit_args, env=env, input_text=body, hint=hint).stdout.strip()
+        # The expected old value makes git refuse to move a branch someone else moved meanwhile.
+        _run_git(
+            [*base, "update-ref", "-m", f"ralph-ml: cycle {cycle}", branch_ref, sha, old_tip or _ZERO_SHA],
+            env=env, hint=hint,
+        )
+        self._tip = self._index_holds = sha
+        return sha
+
+    def mark_best(self, sha: str) -> None:
+        """Point the lightweight tag ``ralph/<run_id>/best`` at ``sha`` (moved if it exists)."""
+        _run_git(
+            ["--git-dir", self._git_dir, "update-ref", "-m", "ralph-ml: new best",
+             f"refs/tags/{self.best_tag}", f"{sha}^{{commit}}"],
+            env=_git_env(),
+            hint=f"{sha!r} should be a commit returned by commit_cycle in {self._git_dir!r}",
+        )
+
+    def _rev(self, ref: str, env: dict[str, str], hint: str) -> str | None:
+        """The commit ``ref`` names, or None when it does not exist (unborn HEAD included)."""
+        args = ["--git-dir", self._git_dir, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}"]
+        proc = _run_git(args, env=env, check=False, hint=hint)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+        if proc.returncode == 1 and not proc.stderr.strip():
+            return None
+        raise WorkspaceError(
+            f"git command failed (exit {proc.returncode}): git {' '.join(args)}\n"
+            f"stderr: {proc.stderr.strip() or '(empty)'}\n{hint}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# unified diffs
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    """One file section of a unified diff.
+
+    ``header_old``/``header_new`` are the names of the ``diff --git`` and ``---``/``+++``
+    lines as written (``a/``/``b/`` prefixes not stripped; None for /dev/null);
+    ``rename_from``/``rename_to`` come from git's rename/copy lines, written without prefix.
+    """
+
+    header_old: str | None
+    header_new: str | None
+    rename_from: str | None = None
+    rename_to: str | None = None
+    created: bool = False
+    deleted: bool = False
+    git: bool = False  # a `diff --git` section, else a traditional `diff -u` one
+    binary: bool = False  # carries "GIT binary patch" or "Binary files ... differ"
+    modes: tuple[str, ...] = ()  # file modes named in the headers ("100644", "120000")
+
+
+_HUNK_RE = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_DATE_RE = re.compile(r"\s+\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:\s*[+-]\d{4})?\s*$")
+_MODE_RE = re.compile(r"^(?:new file mode|deleted file mode|old mode|new mode|index \S+) (\d{6})\s*$")
+_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", '"': '"', "\\": "\\"}
+
+
+def _unquote(name: str) -> str:
+    """Undo git's C-style quoting of a path (``"t\\303\\251st.py"`` -> ``tést.py``)."""
+    if not (len(name) >= 2 and name.startswith('"') and name.endswith('"')):
+        return name
+    body, out, i = name[1:-1], bytearray(), 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            octal = body[i + 1 : i + 4]
+            if re.fullmatch(r"[0-7]{3}", octal):
+                out.append(int(octal, 8) & 0xFF)
+                i += 4
+                continue
+            out += _ESCAPES.get(body[i + 1], body[i + 1]).encode()
+            i += 2
+            continue
+        out += ch.encode()
+        i += 1
+    return out.decode("utf-8", errors="surrogateescape")
+
+
+def _quoted_prefix(text: str) -> int:
+    """Index just past the closing quote of a C-quoted name at the start of ``text``, or -1."""
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i + 1
+        i += 1
+    return -1
+
+
+def _header_name(rest: str) -> str | None:
+    """The path of a ``---``/``+++`` line (text after the marker); None for /dev/null."""
+    rest = rest.rstrip("\r\n")
+    if rest.startswith('"') and (end := _quoted_prefix(rest)) != -1:
+        name = _unquote(rest[:end])
+    else:
+        name = _DATE_RE.sub("", rest.split("\t", 1)[0]).rstrip()
+    return None if name == "/dev/null" else name
+
+
+def _split_git_line(rest: str) -> tuple[str, str]:
+    """The two names of ``diff --git A B`` (unquoted names may hold spaces: halves must match)."""
+    rest = rest.rstrip("\r\n")
+    if rest.startswith('"') and (end := _quoted_prefix(rest)) != -1:
+        return _unquote(rest[:end]), _unquote(rest[end:].strip())
+    parts = rest.split(" ")
+    for i in range(1, len(parts)):
+        left, right = " ".join(parts[:i]), " ".join(parts[i:])
+        if left.partition("/")[2] == right.partition("/")[2]:
+            return left, _unquote(right)
+    return parts[0], _unquote(" ".join(parts[1:]))
+
+
+def _is_binary_line(line: str) -> bool:
+    return line.startswith("GIT binary patch") or (
+        line.startswith("Binary files ") and line.rstrip().endswith(" differ")
+    )
+
+
+def parse_patch(patch: str) -> list[FileDiff]:
+    """File sections of a unified diff (``git diff`` or ``diff -u``), in order.
+
+    Hunk bodies are skipped by their ``@@`` line counts, as ``git apply`` does, so a
+    removed line starting with ``-- `` is never mistaken for a header.
+    """
+    lines = patch.splitlines()
+    files: list[FileDiff] = []
+    cur: dict[str, Any] | None = None
+
+    def flush() -> None:
+        if cur is not None:
+            files.append(FileDiff(**{k: v for k, v in cur.items() if k != "saw_hunk"}))
+
+    def fresh(git: bool) -> dict[str, Any]:
+        flush()
+        return {"header_old": None, "header_new": None, "git": git, "modes": (), "saw_hunk": False}
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("diff --git "):
+            cur = fresh(True)
+            cur["header_old"], cur["header_new"] = _split_git_line(line[len("diff --git ") :])
+        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            if cur is None or not cur["git"] or cur["saw_hunk"]:
+                cur = fresh(False)
+            cur["header_old"], cur["header_new"] = _header_name(line[4:]), _header_name(lines[i + 1][4:])
+            if not cur["git"]:
+                cur["created"] = cur["header_old"] is None
+                cur["deleted"] = cur["header_new"] is None
+            i += 1
+        elif cur is not None and (m := _HUNK_RE.match(line)):
+            cur["saw_hunk"] = True
+            old_left = int(m.group(1)) if m.group(1) is not None else 1
+            new_left = int(m.group(2)) if m.group(2) is not None else 1
+            while (old_left > 0 or new_left > 0) and i + 1 < len(lines):
+                tag = lines[i + 1][:1]
+                if tag in (" ", ""):
+                    old_left, new_left = old_left - 1, new_left - 1
+                elif tag == "-":
+                    old_left -= 1
+                elif tag == "+":
+                    new_left -= 1
+                elif tag != "\\":
+                    break
+                i += 1
+            if i + 1 < len(lines) and lines[i + 1].startswith("\\"):
+                i += 1  # "\ No newline at end of file" after the last line
+        elif cur is not None and cur["git"] and not cur["saw_hunk"]:
+            if line.startswith(("rename from ", "copy from ")):
+                cur["rename_from"] = _unquote(line.split(" ", 2)[2].rstrip("\r\n"))
+            elif line.startswith(("rename to ", "copy to ")):
+                cur["rename_to"] = _unquote(line.split(" ", 2)[2].rstrip("\r\n"))
+            elif line.startswith("new file mode"):
+                cur["created"] = True
+            elif line.startswith("deleted file mode"):
+                cur["deleted"] = True
+            if _is_binary_line(line):
+                cur["binary"] = True
+            if mode := _MODE_RE.match(line):
+                cur["modes"] = (*cur["modes"], mode.group(1))
+        elif _is_binary_line(line):
+            cur = fresh(False)
+            cur["binary"] = True
+            names = line.rstrip()[len("Binary files ") : -len(" differ")].split(" and ", 1)
+            cur["header_old"], cur["header_new"] = names[0], names[-1]
+        i += 1
+    flush()
+    return files
+
+
+def strip_level(files: Sequence[FileDiff]) -> int:
+    """1 when every header name carries git's ``a/`` (old) / ``b/`` (new) prefix, else 0."""
+    return int(
+        bool(files)
+        and all(
+            (f.header_old is None or f.header_old.startswith("a/"))
+            and (f.header_new is None or f.header_new.startswith("b/"))
+            for f in files
+        )
+    )
+
+
+def normalize_path(name: str) -> str:
+    """``./src//x.py`` -> ``src/x.py``; names with ``..`` or a leading ``/`` are kept as is."""
+    if name.startswith("/") or ".." in name.split("/"):
+        return name
+    norm = posixpath.normpath(name)
+    return "" if norm == "." else norm
+
+
+def file_paths(f: FileDiff, level: int) -> tuple[str | None, str | None]:
+    """(old, new) relative paths of one section after stripping ``level`` prefixes.
+
+    None for the missing side of a created or deleted file. For a traditional diff whose
+    names differ only by a suffix (``train.py.orig`` vs ``train.py``), both sides are the
+    shorter name, as git picks it.
+    """
+
+    def strip(name: str | None) -> str | None:
+        if name is None:
+            return None
+        if level == 1:
+            name = name[2:]
+        return normalize_path(name)
+
+    old = f.rename_from if f.rename_from is not None else strip(f.header_old)
+    new = f.rename_to if f.rename_to is not None else strip(f.header_new)
+    if f.rename_from is not None:
+        old = normalize_path(old)  # type: ignore[arg-type]
+    if f.rename_to is not None:
+        new = normalize_path(new)  # type: ignore[arg-type]
+    if f.created:
+        old = None
+    if f.deleted:
+        new = None
+    if not f.git and old is not None and new is not None and old != new:
+        shorter, longer = sorted((old, new), key=len)
+        if longer.startswith(shorter):
+            old = new = shorter
+    return old, new
+
+
+def patch_paths(files: Sequence[FileDiff]) -> list[str]:
+    """Sorted relative paths a patch touches: both sides of a rename, prefixes stripped."""
+    level = strip_level(files)
+    return sorted({p for f in files for p in file_paths(f, level) if p is not None})
+
+
+def apply_patch(code_dir: Path, patch: str, *, allowed: Collection[str] | None = None) -> list[str]:
+    """Apply unified diff ``patch`` inside ``code_dir`` with ``git apply``; return touched paths.
+
+    Works whether or not ``code_dir`` lies in a git repository (discovery is stopped at
+    ``code_dir``, so paths are always relative to it). ``git apply --check`` runs first:
+    nothing is written unless every hunk applies. When ``allowed`` is given, the patch is
+    refused before any write if git would touch a path outside it (a guard's checked set).
+    Names with or without ``a/``/``b/`` prefixes are accepted. Failures raise
+    :class:`GuardRejected` with git's message.
+    """
+    code_dir = Path(code_dir)
+    files = parse_patch(patch)
+    level = strip_level(files)
+    real = os.path.realpath(code_dir)
+    env = _git_env(GIT_CEILING_DIRECTORIES=os.path.dirname(real))
+    env.pop("GIT_TERMINAL_PROMPT", None)
+    args = ["apply", f"-p{level}", "--whitespace=nowarn"]
+    if not patch.endswith("\n"):
+        patch += "\n"
+    check = _run_git(
+        [*args, "--check", "--numstat", "-z", "-"], env=env, cwd=real, input_text=patch,
+        check=False, hint="",
+    )
+    if check.returncode != 0:
+        raise GuardRejected(
+            f"patch does not apply to the cycle's code in {str(code_dir)!r}: "
+            f"{check.stderr.strip() or 'git apply --check failed'}; the agent must produce a "
+            "unified diff against the current best code"
+        )
+    # One "added<TAB>deleted<TAB>path" record per file section git read (new name of a rename).
+    records = [r.split("\t", 2)[2] for r in check.stdout.split("\0") if r.count("\t") >= 2]
+    git_paths = sorted({normalize_path(r) for r in records})
+    if len(records) != len(files):
+        raise GuardRejected(
+            f"patch has {len(files)} file section(s) by its headers but git reads {len(records)} "
+            f"({git_paths}); the diff is malformed (hunk line counts?), not applied"
+        )
+    if allowed is not None:
+        unexpected = [p for p in git_paths if p not in allowed]
+        if unexpected:
+            raise GuardRejected(
+                f"patch would change {unexpected[0]!r}, which its headers do not name "
+                f"(checked: {sorted(allowed)}); the patch is malformed or disguised, not applied"
+            )
+    done = _run_git([*args, "-"], env=env, cwd=real, input_text=patch, check=False, hint="")
+    if done.returncode != 0:
+        raise GuardRejected(
+            f"git apply failed in {str(code_dir)!r} after its check passed: "
+            f"{done.stderr.strip() or '(no message)'}; the code folder may be partly patched"
+        )
+    return sorted(set(git_paths) | set(patch_paths(files)))

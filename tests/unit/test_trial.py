@@ -1,0 +1,300 @@
+"""ralph_ml.trial: the helper a training script calls inside (and outside) the loop."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ralph_ml import trial
+from ralph_ml.errors import RalphError
+
+ENV_NAMES = (
+    "RALPH_RUN_ID",
+    "RALPH_CYCLE",
+    "RALPH_RUN_DIR",
+    "RALPH_PARAMS",
+    "RALPH_SEED",
+    "RALPH_METRICS_PATH",
+    "RALPH_CHECKPOINT_DIR",
+    "RALPH_DATA_DIR",
+    "RALPH_PROGRESS_PATH",
+    "RALPH_CONTROL_PATH",
+)
+
+
+@pytest.fixture(autouse=True)
+def outside_loop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test starts as a standalone script would: no RALPH_* variables, cwd = tmp."""
+    for name in list(os.environ):
+        if name.startswith("RALPH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def write_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: object) -> None:
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps(values))
+    monkeypatch.setenv("RALPH_PARAMS", str(path))
+
+
+# --------------------------------------------------------------------------- public surface
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(trial.__all__) == [
+        "TrialError",
+        "checkpoint_dir",
+        "cycle",
+        "data_dir",
+        "log_metrics",
+        "params",
+        "report",
+        "seed",
+        "should_stop",
+    ]
+    assert issubclass(trial.TrialError, RalphError)
+
+
+def test_trial_module_imports_only_the_standard_library() -> None:
+    tree = ast.parse(Path(trial.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names)
+
+
+def test_importing_trial_pulls_in_no_heavy_dependency() -> None:
+    code = (
+        "import sys, ralph_ml.trial; "
+        "print([m for m in ('torch', 'numpy', 'optuna', 'sklearn') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- params
+
+
+def test_params_outside_the_loop_returns_a_copy_of_the_defaults() -> None:
+    defaults = {"lr": 1e-3, "width": 64}
+    got = trial.params(defaults)
+    assert got == defaults
+    got["lr"] = 1.0
+    assert defaults["lr"] == 1e-3
+    assert trial.params() == {}
+
+
+def test_params_overrides_defaults_and_casts_to_their_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(
+        tmp_path,
+        monkeypatch,
+        {"lr": 0.01, "width": 128.0, "dropout": 0, "use_bn": "true", "opt": "sgd", "extra": [1, 2]},
+    )
+    got = trial.params({"lr": 1e-3, "width": 64, "dropout": 0.1, "use_bn": False, "opt": "adam", "epochs": 5})
+    assert got == {"lr": 0.01, "width": 128, "dropout": 0.0, "use_bn": True, "opt": "sgd", "epochs": 5, "extra": [1, 2]}
+    assert type(got["width"]) is int
+    assert type(got["dropout"]) is float
+
+
+def test_params_without_defaults_passes_json_values_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(tmp_path, monkeypatch, {"batch_size": 32, "lr": 0.5})
+    got = trial.params()
+    assert got == {"batch_size": 32, "lr": 0.5}
+    assert type(got["batch_size"]) is int
+
+
+def test_params_refuses_a_lossy_cast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_params(tmp_path, monkeypatch, {"width": 12.5})
+    with pytest.raises(trial.TrialError, match=r"'width' = 12.5 cannot be used as int"):
+        trial.params({"width": 64})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "does not exist"), ("{not json", "not valid JSON"), ("[1, 2]", "must hold a JSON object")],
+)
+def test_params_explains_a_broken_params_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, message: str
+) -> None:
+    path = tmp_path / "params.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("RALPH_PARAMS", str(path))
+    with pytest.raises(trial.TrialError, match=message):
+        trial.params({"lr": 1e-3})
+
+
+# --------------------------------------------------------------------------- seed, cycle, folders
+
+
+def test_seed_cycle_and_folders_outside_the_loop(tmp_path: Path) -> None:
+    assert trial.seed() == 0
+    assert trial.cycle() is None
+    assert trial.checkpoint_dir() == Path("checkpoints")
+    assert (tmp_path / "checkpoints").is_dir()
+    assert trial.data_dir() == Path("data")
+
+
+def test_seed_cycle_and_folders_inside_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALPH_SEED", "1234")
+    monkeypatch.setenv("RALPH_CYCLE", "7")
+    monkeypatch.setenv("RALPH_CHECKPOINT_DIR", str(tmp_path / "runs" / "cycle_0007" / "checkpoints"))
+    monkeypatch.setenv("RALPH_DATA_DIR", str(tmp_path / "shared-data"))
+    assert trial.seed() == 1234
+    assert trial.cycle() == 7
+    assert trial.checkpoint_dir().is_dir()
+    assert trial.checkpoint_dir() == tmp_path / "runs" / "cycle_0007" / "checkpoints"
+    assert trial.data_dir() == tmp_path / "shared-data"
+
+
+def test_a_non_integer_seed_is_reported_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALPH_SEED", "abc")
+    with pytest.raises(trial.TrialError, match=r"\$RALPH_SEED = 'abc'"):
+        trial.seed()
+
+
+# --------------------------------------------------------------------------- report, should_stop
+
+
+def test_report_appends_one_json_line_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(progress))
+    assert trial.report(1, train_loss=0.5, train_accuracy=0.8) is False
+    assert trial.report(2, train_loss=float("nan"), steps=10) is False
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert lines[0]["train_loss"] == 0.5 and lines[0]["train_accuracy"] == 0.8
+    assert lines[1]["train_loss"] == "nan" and lines[1]["steps"] == 10
+    assert all(abs(line["time"] - lines[0]["time"]) < 60 for line in lines)
+
+
+def test_report_outside_the_loop_writes_nothing(tmp_path: Path) -> None:
+    assert trial.report(1, loss=0.1) is False
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_rejects_a_metric_that_is_not_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(tmp_path / "progress.jsonl"))
+    with pytest.raises(trial.TrialError, match="metric 'loss' = 'low' is not a number"):
+        trial.report(1, loss="low")  # type: ignore[arg-type]
+
+
+def test_should_stop_follows_the_control_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    control = tmp_path / "control.json"
+    monkeypatch.setenv("RALPH_CONTROL_PATH", str(control))
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(tmp_path / "progress.jsonl"))
+    assert trial.should_stop() is False  # no file yet
+    control.write_text("{half")
+    assert trial.should_stop() is False  # half-written: not a stop
+    control.write_text(json.dumps({"action": "continue"}))
+    assert trial.should_stop() is False
+    control.write_text(json.dumps({"action": "stop", "reason": "pruned"}))
+    assert trial.should_stop() is True
+    assert trial.report(3, loss=0.1) is True
+
+
+def test_should_stop_outside_the_loop_is_false() -> None:
+    assert trial.should_stop() is False
+
+
+# --------------------------------------------------------------------------- log_metrics
+
+
+def test_log_metrics_merges_and_keeps_other_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = tmp_path / "seed_000" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"runtime": {"train_seconds": 3}, "result": {"old": 1.0}}))
+    monkeypatch.setenv("RALPH_METRICS_PATH", str(metrics))
+    trial.log_metrics(train_loss=0.25)
+    trial.log_metrics(val_accuracy=0.97, train_loss=0.2)
+    assert json.loads(metrics.read_text()) == {
+        "runtime": {"train_seconds": 3},
+        "result": {"old": 1.0, "train_loss": 0.2, "val_accuracy": 0.97},
+    }
+    assert [p.name for p in metrics.parent.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_log_metrics_writes_non_finite_values_as_valid_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = tmp_path / "metrics.json"
+    monkeypatch.setenv("RALPH_METRICS_PATH", str(metrics))
+    trial.log_metrics(a=float("nan"), b=float("inf"), c=-math.inf, d=1)
+    text = metrics.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["result"] == {"a": "nan", "b": "inf", "c": "-inf", "d": 1}
+
+
+def test_log_metrics_outside_the_loop_writes_metrics_json_in_cwd(tmp_path: Path) -> None:
+    trial.log_metrics(val_accuracy=0.9)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"result": {"val_accuracy": 0.9}}
+
+
+def test_log_metrics_refuses_to_overwrite_a_foreign_file(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("accuracy=0.9")
+    with pytest.raises(trial.TrialError, match="not valid JSON"):
+        trial.log_metrics(val_accuracy=0.9)
+    assert (tmp_path / "metrics.json").read_text() == "accuracy=0.9"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_env_contract_end_to_end_in_a_real_subprocess(tmp_path: Path) -> None:
+    """A script run with the loop's environment gets its params and writes every artifact."""
+    run_dir = tmp_path / "runs" / "cycle_0003"
+    (run_dir / "seed_000").mkdir(parents=True)
+    (run_dir / "params.json").write_text(json.dumps({"lr": 0.05, "epochs": 3.0}))
+    (run_dir / "control.json").write_text(json.dumps({"action": "stop"}))
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json
+            from ralph_ml import trial
+
+            cfg = trial.params({"lr": 1e-3, "epochs": 10, "width": 8})
+            stopped_at = None
+            for epoch in range(1, cfg["epochs"] + 1):
+                if trial.report(epoch, loss=1.0 / epoch) and stopped_at is None:
+                    stopped_at = epoch
+            (trial.checkpoint_dir() / "model.txt").write_text("weights")
+            trial.log_metrics(loss=1.0 / cfg["epochs"], seed=trial.seed())
+            print(json.dumps({"cfg": cfg, "cycle": trial.cycle(), "stopped_at": stopped_at}))
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(
+        RALPH_RUN_ID="run-1",
+        RALPH_CYCLE="3",
+        RALPH_RUN_DIR=str(run_dir),
+        RALPH_PARAMS=str(run_dir / "params.json"),
+        RALPH_PARAM_LR="0.05",
+        RALPH_PARAM_EPOCHS="3",
+        RALPH_SEED="42",
+        RALPH_METRICS_PATH=str(run_dir / "seed_000" / "metrics.json"),
+        RALPH_CHECKPOINT_DIR=str(run_dir / "checkpoints"),
+        RALPH_DATA_DIR=str(tmp_path / "data"),
+        RALPH_PROGRESS_PATH=str(run_dir / "progress.jsonl"),
+        RALPH_CONTROL_PATH=str(run_dir / "control.json"),
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert printed == {"cfg": {"lr": 0.05, "epochs": 3, "width": 8}, "cycle": 3, "stopped_at": 1}
+    assert json.loads((run_dir / "seed_000" / "metrics.json").read_text()) == {"result": {"loss": 1 / 3, "seed": 42}}
+    progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in progress] == [1, 2, 3]
+    assert (run_dir / "checkpoints" / "model.txt").read_text() == "weights"
