@@ -116,46 +116,46 @@ def check_patch(
     ``src/*.py``); no symlinks, submodules or binary patches.
     """
     if not patch.strip():
-        raise GuardRejected("patch is empty; an agent proposing code must send a unified diff")
+        raise GuardRejected("patch is empty; an agent proposing code must send a unified diff.")
     size = len(patch.encode("utf-8", errors="surrogateescape"))
     if size > max_bytes:
         raise GuardRejected(
             f"patch is {size} bytes, over the limit of {max_bytes} bytes; propose a smaller "
-            "change (or raise the guard's max_bytes)"
+            "change (or raise the guard's max_bytes)."
         )
     files = parse_patch(patch)
     if not files:
         raise GuardRejected(
             "patch names no file: no 'diff --git' or '---'/'+++' headers found; send a unified "
-            "diff as produced by 'git diff' or 'diff -u'"
+            "diff as produced by 'git diff' or 'diff -u'."
         )
     level = strip_level(files)
     for f in files:
         for path in (p for p in file_paths(f, level) if p is not None):
             if (problem := _path_problem(path)) is not None:
-                raise GuardRejected(f"patch touches {path!r}: {problem}")
+                raise GuardRejected(f"patch touches {path!r}: {problem}.")
             if matches(path, frozen):
                 raise GuardRejected(
                     f"patch touches frozen file {path!r}; frozen files (files.frozen) can never "
-                    "be changed by an agent"
+                    "be changed by an agent."
                 )
             if not matches(path, mutable):
                 raise GuardRejected(
                     f"patch touches {path!r}, which is not mutable; agents may only change "
-                    f"files matching files.mutable = {list(mutable)}"
+                    f"files matching files.mutable = {list(mutable)}."
                 )
             if f.binary:
                 raise GuardRejected(
                     f"patch carries a binary change to {path!r}; binary patches are not allowed, "
-                    "agents change text files only"
+                    "agents change text files only."
                 )
             if _SYMLINK_MODE in f.modes:
                 raise GuardRejected(
                     f"patch makes or changes a symlink at {path!r}; symlinks are not allowed "
-                    "(a link could reach files outside the workspace)"
+                    "(a link could reach files outside the workspace)."
                 )
             if _GITLINK_MODE in f.modes:
-                raise GuardRejected(f"patch changes a submodule at {path!r}; submodules are not allowed")
+                raise GuardRejected(f"patch changes a submodule at {path!r}; submodules are not allowed.")
     return patch_paths(files)
 
 
@@ -169,7 +169,7 @@ def _check_no_symlinks(code_dir: Path, paths: Iterable[str]) -> None:
                 raise GuardRejected(
                     f"patch touches {path!r}, which goes through the symlink "
                     f"{os.path.relpath(current, code_dir)!r}; patches may not change files "
-                    "behind symlinks (they could reach outside the workspace)"
+                    "behind symlinks (they could reach outside the workspace)."
                 )
 
 
@@ -188,10 +188,10 @@ def check_python_parses(code_dir: Path, files: Iterable[str]) -> None:
             text = f": {exc.text.strip()!r}" if exc.text and exc.text.strip() else ""
             raise GuardRejected(
                 f"patched file {name!r} does not parse: {exc.msg} at {where}{text}; "
-                f"the patched code is in {str(path)!r}"
+                f"the patched code is in {str(path)!r}."
             ) from exc
         except ValueError as exc:  # e.g. null bytes in the source
-            raise GuardRejected(f"patched file {name!r} is not Python source: {exc}") from exc
+            raise GuardRejected(f"patched file {name!r} is not Python source: {exc}.") from exc
 
 
 def _dotted(node: ast.expr) -> str | None:
@@ -251,16 +251,16 @@ def check_required_calls(code_dir: Path, required: Mapping[str, Sequence[str]]) 
         except FileNotFoundError:
             raise GuardRejected(
                 f"file {name!r} is gone after the patch but must call {list(wanted)}; "
-                "the patch may not delete it"
+                "the patch may not delete it."
             ) from None
         except (SyntaxError, ValueError) as exc:
-            raise GuardRejected(f"file {name!r} does not parse: {exc}") from exc
+            raise GuardRejected(f"file {name!r} does not parse: {exc}.") from exc
         calls = _call_names(tree)
         missing = [call for call in wanted if not _has_call(calls, call)]
         if missing:
             raise GuardRejected(
                 f"patched file {name!r} no longer calls {missing[0]!r}; the loop needs that call "
-                f"(required calls of {name!r}: {list(wanted)}), keep it in the code"
+                f"(required calls of {name!r}: {list(wanted)}), keep it in the code."
             )
 
 

@@ -59,6 +59,12 @@ def snapshot(src: Path, dest: Path, *, exclude: Sequence[str], skip: Sequence[Pa
         )
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    with os.scandir(dest) as present:
+        if next(present, None) is not None:
+            raise WorkspaceError(
+                f"snapshot folder {str(dest)!r} already holds files; a cycle's code folder must "
+                "start empty (stale files would be committed and run): remove it and retry"
+            )
     dest_real = os.path.realpath(dest)
     # Skipped folders as paths relative to src: compared per directory without more syscalls.
     skip_rel = {
@@ -113,7 +119,7 @@ def _copy_tree(
                 inside = _relative_inside(resolved, src_root)
                 if inside is None or inside == "":
                     continue  # points out of the workspace (or at its root): never followed
-                link = os.path.relpath(resolved, os.path.realpath(src_dir))
+                link = os.path.relpath(resolved, src_dir)  # src_dir is real: links are not descended
                 os.symlink(link, target)
                 copied.append(rel)
             elif entry.is_dir(follow_symlinks=False):
@@ -197,7 +203,7 @@ def _run_git(
         raise WorkspaceError(f"could not start {' '.join(cmd)!r}: {exc}; {hint}") from exc
     if check and proc.returncode != 0:
         raise WorkspaceError(
-            f"git command failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"git command failed (exit {proc.returncode}): git {' '.join(args)}\n"
             f"stderr: {proc.stderr.strip() or '(empty)'}\n{hint}"
         )
     return proc
@@ -295,7 +301,8 @@ class GitVersions:
         Call it right after the snapshot is materialized and before the trial runs, so
         checkpoints and logs the trial writes are never part of the commit. The first
         parent is the branch's previous tip, else the repo's HEAD commit, else none (an
-        unborn repo). Four git processes per cycle (five on the first of a process).
+        unborn repo). Four git processes per cycle; up to seven on an instance's first call
+        (finding the parent, loading its tree into the private index).
         """
         code_dir = Path(code_dir)
         branch_ref = f"refs/heads/{self.branch}"
@@ -552,19 +559,15 @@ def file_paths(f: FileDiff, level: int) -> tuple[str | None, str | None]:
     shorter name, as git picks it.
     """
 
-    def strip(name: str | None) -> str | None:
-        if name is None:
+    def side(literal: str | None, header: str | None) -> str | None:
+        if literal is not None:  # rename/copy lines carry no a/ b/ prefix
+            return normalize_path(literal)
+        if header is None:
             return None
-        if level == 1:
-            name = name[2:]
-        return normalize_path(name)
+        return normalize_path(header[2:] if level == 1 else header)
 
-    old = f.rename_from if f.rename_from is not None else strip(f.header_old)
-    new = f.rename_to if f.rename_to is not None else strip(f.header_new)
-    if f.rename_from is not None:
-        old = normalize_path(old)  # type: ignore[arg-type]
-    if f.rename_to is not None:
-        new = normalize_path(new)  # type: ignore[arg-type]
+    old = side(f.rename_from, f.header_old)
+    new = side(f.rename_to, f.header_new)
     if f.created:
         old = None
     if f.deleted:
@@ -597,7 +600,6 @@ def apply_patch(code_dir: Path, patch: str, *, allowed: Collection[str] | None =
     level = strip_level(files)
     real = os.path.realpath(code_dir)
     env = _git_env(GIT_CEILING_DIRECTORIES=os.path.dirname(real))
-    env.pop("GIT_TERMINAL_PROMPT", None)
     args = ["apply", f"-p{level}", "--whitespace=nowarn"]
     if not patch.endswith("\n"):
         patch += "\n"
@@ -609,7 +611,7 @@ def apply_patch(code_dir: Path, patch: str, *, allowed: Collection[str] | None =
         raise GuardRejected(
             f"patch does not apply to the cycle's code in {str(code_dir)!r}: "
             f"{check.stderr.strip() or 'git apply --check failed'}; the agent must produce a "
-            "unified diff against the current best code"
+            "unified diff against the current best code."
         )
     # One "added<TAB>deleted<TAB>path" record per file section git read (new name of a rename).
     records = [r.split("\t", 2)[2] for r in check.stdout.split("\0") if r.count("\t") >= 2]
@@ -617,19 +619,19 @@ def apply_patch(code_dir: Path, patch: str, *, allowed: Collection[str] | None =
     if len(records) != len(files):
         raise GuardRejected(
             f"patch has {len(files)} file section(s) by its headers but git reads {len(records)} "
-            f"({git_paths}); the diff is malformed (hunk line counts?), not applied"
+            f"({git_paths}); the diff is malformed (hunk line counts?), not applied."
         )
     if allowed is not None:
         unexpected = [p for p in git_paths if p not in allowed]
         if unexpected:
             raise GuardRejected(
                 f"patch would change {unexpected[0]!r}, which its headers do not name "
-                f"(checked: {sorted(allowed)}); the patch is malformed or disguised, not applied"
+                f"(checked: {sorted(allowed)}); the patch is malformed or disguised, not applied."
             )
     done = _run_git([*args, "-"], env=env, cwd=real, input_text=patch, check=False, hint="")
     if done.returncode != 0:
         raise GuardRejected(
             f"git apply failed in {str(code_dir)!r} after its check passed: "
-            f"{done.stderr.strip() or '(no message)'}; the code folder may be partly patched"
+            f"{done.stderr.strip() or '(no message)'}; the code folder may be partly patched."
         )
     return sorted(set(git_paths) | set(patch_paths(files)))

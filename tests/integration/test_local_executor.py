@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 from dataclasses import asdict
@@ -289,6 +290,17 @@ def test_cancel_of_a_suspended_trial_lets_it_clean_up(tmp_path: Path) -> None:
     result = handle.poll()
     assert result is not None and result.status is TrialStatus.CANCELLED
     assert (Path(spec.code_dir) / "cleaned").exists()
+
+
+def test_cancel_from_another_thread_wakes_a_blocked_wait(tmp_path: Path) -> None:
+    handle = LocalExecutor(kill_grace_s=0.5).submit(make_spec(tmp_path, "sleep 1000"))
+    timer = threading.Timer(0.2, handle.cancel)
+    timer.start()
+    t = time.monotonic()
+    result = handle.wait()  # no timeout: only the cancel can end it
+    timer.join()
+    assert result is not None and result.status is TrialStatus.CANCELLED
+    assert time.monotonic() - t < 2.0
 
 
 # --------------------------------------------------------------------------- eval and frozen files

@@ -75,6 +75,14 @@ def test_snapshot_excludes_patterns_skip_dirs_git_and_outside_symlinks(tmp_path:
     assert not (dest / ".git").exists()
 
 
+def test_snapshot_refuses_a_folder_that_already_holds_files(tmp_path: Path) -> None:
+    write(tmp_path / "ws", {"train.py": "lr = 1\n"})
+    write(tmp_path / "dest", {"stale.py": "from a crashed cycle"})
+    with pytest.raises(WorkspaceError, match="already holds files"):
+        snapshot(tmp_path / "ws", tmp_path / "dest", exclude=EXCLUDE)
+    assert not (tmp_path / "dest" / "train.py").exists()
+
+
 def test_snapshot_of_a_missing_workspace_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="paths.workspace"):
         snapshot(tmp_path / "nope", tmp_path / "dest", exclude=EXCLUDE)
@@ -112,15 +120,14 @@ def user_repo(tmp_path: Path) -> Path:
     return repo
 
 
+def _index_digest(repo: Path) -> str:
+    return hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest()
+
+
 def _user_state(repo: Path) -> tuple[str, str, str, str]:
     """Status first (it may refresh the index file), then the index's exact bytes."""
     status = git(repo, "status", "--porcelain")
-    index_digest = hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest()
-    return status, index_digest, git(repo, "rev-parse", "HEAD"), git(repo, "symbolic-ref", "HEAD")
-
-
-def _index_digest(repo: Path) -> str:
-    return hashlib.sha256((repo / ".git" / "index").read_bytes()).hexdigest()
+    return status, _index_digest(repo), git(repo, "rev-parse", "HEAD"), git(repo, "symbolic-ref", "HEAD")
 
 
 def _cycle(repo: Path, runs: Path, n: int, edits: dict[str, str], remove: tuple[str, ...] = ()) -> Path:

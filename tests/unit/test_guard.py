@@ -227,7 +227,7 @@ def test_frozen_message_says_frozen_files_can_never_change() -> None:
     with pytest.raises(GuardRejected) as exc:
         check_patch(_edit("prepare.py"), mutable=["*.py"], frozen=FROZEN)
     assert str(exc.value).startswith(
-        "patch touches frozen file 'prepare.py'; frozen files (files.frozen) can never be changed by an agent"
+        "patch touches frozen file 'prepare.py'; frozen files (files.frozen) can never be changed by an agent."
     )
 
 

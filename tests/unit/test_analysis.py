@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from ralph_ml.analysis import analyze
+from ralph_ml.config import Config
+from ralph_ml.records import FailureClass, TrialResult, TrialStatus
+
+
+def cfg() -> Config:
+    return Config.model_validate({
+        "project": {"target_metric": {"name": "val_accuracy", "value": 0.99}},
+        "search_space": {
+            "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+            "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+            "epochs": {"type": "int", "low": 1, "high": 50},
+        },
+    })
+
+
+def test_overfitting_when_train_and_val_are_both_reported() -> None:
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.90, "train_accuracy": 1.0})
+    a = analyze(r, 0.90, True, [], [], cfg())
+    assert a.diagnosis == "overfitting"
+    top = [x.action for x in a.recommendations if x.confidence == "high"]
+    assert "increase:dropout" in top and "increase:weight_decay" in top
+
+
+def test_diverged_on_nan() -> None:
+    r = TrialResult(status=TrialStatus.FAILED, failure=FailureClass.NAN, metrics={"val_accuracy": float("nan")})
+    a = analyze(r, None, False, [], [{"step": 1, "train_loss": "nan"}], cfg())
+    assert a.diagnosis == "diverged" and a.recommendations[0].action == "decrease:lr"
+
+
+def test_underfitting_when_loss_still_falls_at_the_end() -> None:
+    rows = [{"step": i, "train_loss": 2.0 / (i + 1)} for i in range(8)]
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.8, "train_accuracy": 0.8})
+    a = analyze(r, 0.8, True, [], rows, cfg())
+    assert "increase:epochs" in [x.action for x in a.recommendations if x.confidence == "high"]
+
+
+def test_recommendations_only_name_params_in_the_space() -> None:
+    c = Config.model_validate({"project": {"target_metric": {"name": "val_accuracy", "value": 0.99}}})
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.9, "train_accuracy": 1.0})
+    a = analyze(r, 0.9, True, [], [], c)
+    assert all(x.param is None for x in a.recommendations)
