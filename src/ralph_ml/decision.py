@@ -42,15 +42,14 @@ def best_of(history: Sequence[CycleRecord]) -> CycleRecord | None:
     return None
 
 
-def judge(metric: float | None, status: TrialStatus, history: Sequence[CycleRecord], cfg: Config) -> tuple[bool, str]:
-    """(kept, verdict) for a cycle with this status and target metric."""
+def judge(metric: float | None, status: TrialStatus, best: CycleRecord | None, cfg: Config) -> tuple[bool, str]:
+    """(kept, verdict) for a cycle with this status and target metric, given the best so far."""
     if status is not TrialStatus.OK or metric is None or not math.isfinite(metric):
         return False, status.value if status is not TrialStatus.OK else "failed"
     direction = cfg.target.dir
     gate = cfg.safeguards.min_validation_gate
     if gate is not None and not direction.meets(metric, gate):
         return False, "below_gate"
-    best = best_of(history)
     if best is None or best.metric is None:
         return True, "kept"
     if direction.better(metric, best.metric, cfg.safeguards.min_improvement_delta):

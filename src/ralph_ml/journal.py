@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,32 +17,38 @@ from .errors import StateError
 from .records import CycleRecord, Decision, Proposal
 
 
-def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, indent: int | None = 2) -> None:
-    """Write JSON so a reader never sees half a file: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write a file so a reader never sees half of it: a temp file beside it, then rename.
+
+    Only one writer per path is expected (the loop), so the temp name is fixed and cheap.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent, allow_nan=False, default=str)
-            fh.write("\n")
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def dumps(obj: Any, *, indent: int | None = 2) -> bytes:
+    return (json.dumps(obj, indent=indent, allow_nan=False, default=str) + "\n").encode()
+
+
+def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, indent: int | None = 2) -> None:
+    write_bytes_atomic(path, dumps(obj, indent=indent), fsync=fsync)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode())
 
 
 def _valid_prefix(data: bytes) -> int:

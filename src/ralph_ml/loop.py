@@ -33,7 +33,7 @@ from .executors import get_executor
 from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
-from .journal import Journal, replay, write_json_atomic, write_text_atomic
+from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .records import (
     CycleRecord,
     Decision,
@@ -90,6 +90,25 @@ class Loop:
         self.last_decision: Decision | None = None
         self._lock_fd: int | None = None
         self._paused = False
+        # Running totals, so per-cycle work does not grow with the history.
+        self._tokens = 0
+        self._cost = 0.0
+        self._verdicts: dict[str, int] = {}
+        self._best: CycleRecord | None = None
+        self._streak = 0
+        self._config_bytes = dumps(cfg.model_dump(mode="json"))
+
+    def _apply(self, record: CycleRecord) -> None:
+        """Add a recorded cycle to the in-memory history and the running totals."""
+        self.history.append(record)
+        self._tokens += record.proposal.tokens_used
+        self._cost += record.proposal.cost_usd
+        self._verdicts[record.verdict] = self._verdicts.get(record.verdict, 0) + 1
+        if record.kept:
+            self._best = record
+            self._streak = 0
+        else:
+            self._streak += 1
 
     # ------------------------------------------------------------------ set-up
     def _lock(self) -> None:
@@ -177,7 +196,8 @@ class Loop:
             rp = replay(loop.journal_path)
             loop.run_id = rp.run["run_id"]
             loop.frozen_hashes = dict(rp.run.get("frozen_hashes", {}))
-            loop.history = list(rp.records)
+            for rec in rp.records:
+                loop._apply(rec)
             loop.base_elapsed = rp.elapsed_s
             loop._setup_git()
             loop.control.clear()
@@ -235,18 +255,20 @@ class Loop:
         return self.base_elapsed + (time.monotonic() - self.t0)
 
     def usage(self) -> dec.Usage:
-        return dec.usage_of(self.history, self.elapsed_s)
+        return dec.Usage(elapsed_s=self.elapsed_s, tokens=self._tokens, cost_usd=self._cost)
 
     def cycle_dir(self, cycle: int) -> Path:
         return self.runs_dir / f"cycle_{cycle:04d}"
 
-    def _phase(self, phase: str) -> None:
+    def _phase(self, phase: str, *, persist: bool = False) -> None:
+        """Enter a phase; ``persist`` writes the state file (for phases that can last)."""
         self.phase = phase
-        self.write_state()
+        if persist:
+            self.write_state()
         self.emit("phase", {"cycle": self.cycle, "phase": phase})
 
     def write_state(self, status: str | None = None) -> None:
-        best = dec.best_of(self.history)
+        best = self._best
         sg = self.cfg.safeguards
         usage = self.usage()
         stop = self.last_decision if (self.last_decision and self.last_decision.stop) else None
@@ -263,7 +285,7 @@ class Loop:
             "best": None
             if best is None
             else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
-            "verdicts": _count(r.verdict for r in self.history),
+            "verdicts": dict(self._verdicts),
             "elapsed_s": round(usage.elapsed_s, 3),
             "safeguards": sg.model_dump(),
             "budgets": {
@@ -276,7 +298,7 @@ class Loop:
                 "tokens_left": None if sg.token_budget_total is None else max(0, sg.token_budget_total - usage.tokens),
                 "cost_used_usd": usage.cost_usd,
                 "cost_left_usd": None if sg.cost_budget_usd is None else max(0.0, sg.cost_budget_usd - usage.cost_usd),
-                "no_improvement_streak": dec._no_improvement_streak(self.history),
+                "no_improvement_streak": self._streak,
             },
             "stop": None if stop is None else {**stop.to_dict(), "exit_code": stop.exit_code},
             "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
@@ -314,14 +336,14 @@ class Loop:
             return self._manual_stop()
         cycle = len(self.history) + 1
         self.cycle = cycle
-        self._phase("propose")
+        self._phase("propose", persist=True)
         assert self.agent is not None
         usage = self.usage()
         sg = self.cfg.safeguards
         ctx = AgentContext(
             cycle=cycle,
             history=tuple(self.history),
-            best=dec.best_of(self.history),
+            best=self._best,
             last_analysis=self.history[-1].analysis if self.history else None,
             search_space=self.cfg.search_space,
             target_name=self.cfg.target.name,
@@ -382,10 +404,10 @@ class Loop:
         (cdir / "logs").mkdir(exist_ok=True)
         (cdir / "checkpoints").mkdir(exist_ok=True)
         snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
-        best = dec.best_of(self.history)
+        best = self._best
         params = {**(best.proposal.params if best else {}), **proposal.params}
         write_json_atomic(cdir / "params.json", params)
-        write_json_atomic(cdir / "config.json", cfg.model_dump(mode="json"))
+        write_bytes_atomic(cdir / "config.json", self._config_bytes)
         if "agent_error" in proposal.meta:
             return self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}"), {}, None
         # Re-apply the patches of the kept lineage, then this cycle's patch (guarded).
@@ -435,7 +457,7 @@ class Loop:
             env=self._trial_env(cycle, cdir, params),
             frozen_hashes=code_hashes,
         )
-        self._phase("execute")
+        self._phase("execute", persist=True)
         self.emit("trial_started", {"cycle": cycle, "params": params, "timeout_s": timeout_s})
         handle = self.executor.submit(spec)
         result = self._wait(handle)
@@ -476,12 +498,12 @@ class Loop:
             if action == "pause" and not self._paused:
                 handle.suspend()
                 self._paused = True
-                self._phase("paused")
+                self._phase("paused", persist=True)
                 self.emit("manual", {"action": "pause", "cycle": self.cycle})
             elif action != "pause" and self._paused:
                 handle.resume()
                 self._paused = False
-                self._phase("execute")
+                self._phase("execute", persist=True)
                 self.emit("manual", {"action": "unpause", "cycle": self.cycle})
 
     def _wait_if_paused(self) -> bool:
@@ -492,7 +514,7 @@ class Loop:
         if action != "pause":
             return False
         self._paused = True
-        self._phase("paused")
+        self._phase("paused", persist=True)
         self.emit("manual", {"action": "pause", "cycle": self.cycle})
         while True:
             time.sleep(POLL_S)
@@ -554,7 +576,7 @@ class Loop:
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
             pass
-        kept, verdict = dec.judge(metric, result.status, self.history, cfg)
+        kept, verdict = dec.judge(metric, result.status, self._best, cfg)
         self._write_metrics(cycle, cdir, result)
         progress = read_progress(cdir / "progress.jsonl")
         analysis = analyze(result, metric, kept, self.history, progress, cfg)
@@ -586,7 +608,7 @@ class Loop:
                 "elapsed_s": round(self.elapsed_s, 3),
             }
         )
-        self.history = history
+        self._apply(record)
         self.last_decision = d
         assert self.agent is not None
         self.agent.observe(record)
@@ -624,7 +646,12 @@ class Loop:
                 )
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             return self._manual_stop()
-        return dec.after_cycle(history, self.cfg, dec.usage_of(history, self.elapsed_s))
+        usage = dec.Usage(
+            elapsed_s=self.elapsed_s,
+            tokens=self._tokens + history[-1].proposal.tokens_used,
+            cost_usd=self._cost + history[-1].proposal.cost_usd,
+        )
+        return dec.after_cycle(history, self.cfg, usage)
 
     def _write_metrics(self, cycle: int, cdir: Path, result: TrialResult) -> None:
         """metrics.json in the seed-000 shape, keeping what the trial itself wrote."""
@@ -674,13 +701,6 @@ class Loop:
         paths = write_report(self.cfg)
         self.emit("run_stopped", {"decision": d.to_dict(), "exit_code": d.exit_code, "report": str(paths[0])})
         return d
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for it in items:
-        out[it] = out.get(it, 0) + 1
-    return out
 
 
 def _replace(result: TrialResult, **kw: Any) -> TrialResult:

@@ -47,6 +47,21 @@ wait
 """
 
 
+@pytest.fixture(autouse=True)
+def _no_strays(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Kill whatever a failing test left running: every trial's environment names its tmp_path."""
+    yield
+    needle = f"={tmp_path}/".encode()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as fh:
+                    if needle in fh.read():
+                        os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def make_spec(
     tmp_path: Path,
     train_cmd: str,

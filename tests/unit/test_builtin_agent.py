@@ -34,7 +34,7 @@ def drive(agent: BuiltinAgent, c: Config, history: list[CycleRecord], n: int) ->
                            target_name="acc", direction="maximize")
         prop = agent.propose(ctx)
         m = score(prop.params)
-        kept, verdict = judge(m, TrialStatus.OK, history, c)
+        kept, verdict = judge(m, TrialStatus.OK, best_of(history), c)
         rec = CycleRecord(cycle=ctx.cycle, proposal=prop, result=TrialResult(status=TrialStatus.OK, metrics={"acc": m}),
                           metric=m, kept=kept, verdict=verdict)
         history.append(rec)

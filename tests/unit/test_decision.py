@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ralph_ml.config import Config
-from ralph_ml.decision import Usage, after_cycle, before_cycle, judge
+from ralph_ml.decision import Usage, after_cycle, before_cycle, best_of, judge
 from ralph_ml.records import Analysis, CycleRecord, FailureClass, Proposal, Recommendation, StopReason, TrialResult, TrialStatus
 
 
@@ -19,7 +19,7 @@ def history(metrics: list[float | None], c: Config, *, failure: FailureClass = F
     out: list[CycleRecord] = []
     for i, m in enumerate(metrics, 1):
         status = TrialStatus.OK if m is not None else TrialStatus.FAILED
-        kept, verdict = judge(m, status, out, c)
+        kept, verdict = judge(m, status, best_of(out), c)
         res = TrialResult(status=status, failure=FailureClass.NONE if m is not None else failure, exit_code=0 if m is not None else 1,
                           stderr_tail="" if m is not None else stderr, started_at=0.0, ended_at=10.0)
         out.append(CycleRecord(cycle=i, proposal=Proposal(params={"i": i}), result=res, metric=m, kept=kept, verdict=verdict))
@@ -29,16 +29,16 @@ def history(metrics: list[float | None], c: Config, *, failure: FailureClass = F
 def test_judge_keeps_only_gains_of_at_least_min_delta() -> None:
     c = cfg(min_improvement_delta=0.01)
     h = history([0.5], c)
-    assert judge(0.505, TrialStatus.OK, h, c) == (False, "discarded")
-    assert judge(0.51, TrialStatus.OK, h, c) == (True, "kept")
-    assert judge(None, TrialStatus.FAILED, h, c) == (False, "failed")
-    assert judge(0.99, TrialStatus.INVALID, h, c) == (False, "invalid")
+    assert judge(0.505, TrialStatus.OK, best_of(h), c) == (False, "discarded")
+    assert judge(0.51, TrialStatus.OK, best_of(h), c) == (True, "kept")
+    assert judge(None, TrialStatus.FAILED, best_of(h), c) == (False, "failed")
+    assert judge(0.99, TrialStatus.INVALID, best_of(h), c) == (False, "invalid")
 
 
 def test_minimize_direction() -> None:
     c = Config.model_validate({"project": {"target_metric": {"name": "val_loss", "value": 0.1}}})
     h = history([0.5], c)
-    assert judge(0.4, TrialStatus.OK, h, c)[0] and not judge(0.6, TrialStatus.OK, h, c)[0]
+    assert judge(0.4, TrialStatus.OK, best_of(h), c)[0] and not judge(0.6, TrialStatus.OK, best_of(h), c)[0]
     d = after_cycle(history([0.5, 0.09], c), c, Usage())
     assert d.reason is StopReason.TARGET_MET and d.exit_code == 0
 
