@@ -134,7 +134,9 @@ def analyze(
         recs.add("medium", "train for fewer epochs: over-fitting", _first(space, "epochs"), "decrease")
     elif len(train_loss) >= 4:
         tail = train_loss[-max(2, len(train_loss) // 4):]
-        if all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
+        fits_train = _train_counterpart(result.metrics, target.name)
+        saturated = fits_train is not None and fits_train >= 0.995  # the training set is already fit
+        if not saturated and all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
             diag = "underfitting" if not kept or history else diag
             notes.append("training loss was still falling at the last step: the model is under-trained.")
             recs.add("high", "train longer: loss still falling at the end", _first(space, "epochs", "steps", "max_steps"), "increase")
@@ -164,6 +166,14 @@ def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:
                 except ValueError:
                     continue
     return False
+
+
+def _train_counterpart(metrics: Mapping[str, float], target_name: str) -> float | None:
+    """train_X for an accuracy-like val_X target, when reported."""
+    if not target_name.startswith("val_") or _is_loss(target_name):
+        return None
+    v = metrics.get("train_" + target_name[len("val_"):])
+    return v if v is not None and math.isfinite(v) else None
 
 
 def _train_val_gap(metrics: Mapping[str, float], target_name: str) -> float | None:

@@ -260,6 +260,19 @@ def status(
     sg = data["safeguards"]
     t.add_row("cycles", f"{bud['cycles_used']} used, {bud['cycles_left']} left (max {sg['max_cycles']})")
     t.add_row("no improvement", f"{bud['no_improvement_streak']} of {sg['no_improvement_stop_cycles']} cycles (min delta {sg['min_improvement_delta']})")
+    rules = [f"target {tgt['name']} {op} {tgt['value']}", f"max {sg['max_cycles']} cycles",
+             f"plateau after {sg['no_improvement_stop_cycles']} cycles < {sg['min_improvement_delta']}",
+             f"circuit breaker after {sg['max_consecutive_failures']} identical failures",
+             f"{sg['time_limit_per_cycle_minutes']} min per cycle"]
+    if sg.get("total_time_limit_minutes"):
+        rules.append(f"{sg['total_time_limit_minutes']} min in all")
+    if sg.get("min_validation_gate") is not None:
+        rules.append(f"validation gate {sg['min_validation_gate']} within {sg['validation_gate_cycles']} cycles")
+    if sg.get("token_budget_total") is not None:
+        rules.append(f"{sg['token_budget_total']} tokens")
+    if sg.get("cost_budget_usd") is not None:
+        rules.append(f"${sg['cost_budget_usd']}")
+    t.add_row("stop rules", "; ".join(rules))
     t.add_row("time", f"{data['elapsed_s']:.0f} s elapsed" + (f", {bud['time_left_s']:.0f} s left" if bud.get("time_left_s") is not None else "") + f"; {sg['time_limit_per_cycle_minutes']} min per cycle")
     t.add_row("tokens", f"{bud['tokens_used']} used" + (f", {bud['tokens_left']} left" if bud.get("tokens_left") is not None else ""))
     t.add_row("cost", f"${bud['cost_used_usd']:.4f}" + (f", ${bud['cost_left_usd']:.4f} left" if bud.get("cost_left_usd") is not None else ""))

@@ -139,7 +139,8 @@ class Loop:
         if not GitVersions.is_repo(self.ws):
             if mode == "auto":
                 return
-            GitVersions.init_repo(self.ws)
+            rel = [str(p.relative_to(self.ws)) + "/" for p in (self.runs_dir, self.reports_dir, self.state_dir) if p.is_relative_to(self.ws)]
+            GitVersions.init_repo(self.ws, exclude=[*self.cfg.files.exclude, *rel])
         self.git = GitVersions(self.ws, self.run_id, self.state_dir / "git-index")
 
     @classmethod
@@ -403,6 +404,8 @@ class Loop:
         cdir.mkdir(parents=True, exist_ok=True)
         (cdir / "logs").mkdir(exist_ok=True)
         (cdir / "checkpoints").mkdir(exist_ok=True)
+        if code.exists():  # a leftover from an interrupted attempt: start clean
+            shutil.rmtree(code)
         snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
         best = self._best
         params = {**(best.proposal.params if best else {}), **proposal.params}

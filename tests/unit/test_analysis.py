@@ -43,3 +43,11 @@ def test_recommendations_only_name_params_in_the_space() -> None:
     r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.9, "train_accuracy": 1.0})
     a = analyze(r, 0.9, True, [], [], c)
     assert all(x.param is None for x in a.recommendations)
+
+
+def test_no_underfitting_when_the_training_set_is_already_fit() -> None:
+    rows = [{"step": i, "train_loss": 2.0 / (i + 1)} for i in range(8)]
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.98, "train_accuracy": 1.0})
+    a = analyze(r, 0.98, True, [], rows, cfg())
+    assert a.diagnosis != "underfitting"
+    assert "increase:epochs" not in [x.action for x in a.recommendations]

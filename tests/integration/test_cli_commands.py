@@ -1,0 +1,99 @@
+"""init, report, best --apply, resume --state, versioning.git = true, and the digits demo end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import QUADRATIC, journal_events, ralph, recorded
+
+
+def test_init_refuses_to_overwrite_and_unknown_template(tmp_path: Path) -> None:
+    proc = ralph(tmp_path, "init", "exp", "--template", "digits")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("ralph.toml", "prepare.py", "train.py", "program.md"):
+        assert (tmp_path / "exp" / name).is_file()
+    again = ralph(tmp_path, "init", "exp", "--template", "digits")
+    assert again.returncode == 4 and "--force" in again.stderr
+    bad = ralph(tmp_path, "init", "exp2", "--template", "digts")
+    assert bad.returncode == 4 and "digits" in bad.stderr
+
+
+def test_init_with_a_config_file_uses_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "my.toml"
+    cfg.write_text('[project]\nname = "mine"\ntarget_metric = { name = "val_accuracy", value = 0.5 }\n')
+    proc = ralph(tmp_path, "init", "exp", "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exp" / "my.toml").read_text() == cfg.read_text()
+    assert not (tmp_path / "exp" / "ralph.toml").exists()
+
+
+def test_report_best_apply_and_resume_by_state(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(QUADRATIC, target=1.5, safeguards={"max_cycles": 3})
+    assert ralph(root, "start").returncode == 2
+    (root / "reports" / "final_report.md").unlink()
+    out = root / "elsewhere" / "r.md"
+    proc = ralph(root, "report", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "max_cycles" in text and "| 3 |" in text
+    assert json.loads((out.parent / "leaderboard.json").read_text())["leaderboard"][0]["rank"] == 1
+    assert ralph(root, "report", "--run", str(root / "runs")).returncode == 0
+    assert (root / "reports" / "final_report.md").exists()
+
+    recs = recorded(root)
+    best = [r for r in recs if r["kept"]][-1]
+    proc = ralph(root, "best", "--apply")
+    assert proc.returncode == 0 and f"cycle {best['cycle']}" in proc.stdout
+    assert json.loads((root / "best_params.json").read_text()) == best["proposal"]["params"]
+
+    cfg = root / "ralph.toml"
+    cfg.write_text(cfg.read_text().replace("max_cycles = 3", "max_cycles = 4"))
+    elsewhere = root.parent
+    proc = ralph(elsewhere, "resume", "--state", str(root / "state" / "ralph_state.json"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(recorded(root)) == 4
+
+
+def test_resume_without_a_run_and_status_without_a_run(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(QUADRATIC)
+    r = ralph(root, "resume")
+    assert r.returncode == 4 and "ralph-ml start" in r.stderr
+    s = ralph(root, "status")
+    assert s.returncode == 4 and "ralph-ml start" in s.stderr
+
+
+def test_versioning_git_true_makes_the_folder_a_repo(exp) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("git") is None:
+        pytest.fail("git is required")
+    root = exp(QUADRATIC, target=1.5, safeguards={"max_cycles": 2}, extra={"versioning": {"git": True}})
+    assert ralph(root, "start").returncode == 2
+    run_id = journal_events(root)[0]["run_id"]
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", f"ralph/{run_id}"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert "train.py" in files and "prepare.py" in files
+    assert not any(f.startswith(("runs/", "state/", "reports/")) for f in files)
+
+
+@pytest.mark.slow
+def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
+    """What `make demo` does, shortened: init the digits template and run the real loop."""
+    assert ralph(tmp_path, "init", "demo", "--template", "digits").returncode == 0
+    root = tmp_path / "demo"
+    cfg = root / "ralph.toml"
+    cfg.write_text(cfg.read_text().replace("max_cycles = 12", "max_cycles = 4"))
+    assert ralph(root, "validate").returncode == 0
+    proc = ralph(root, "start", timeout=600)
+    assert proc.returncode in (0, 2, 3), proc.stdout + proc.stderr
+    recs = recorded(root)
+    assert all(r["result"]["status"] == "ok" for r in recs)
+    metrics = [r["metric"] for r in recs]
+    assert metrics[0] < 0.98  # the baseline does not already meet the target
+    assert max(metrics) > metrics[0]  # the loop found something better
+    m = json.loads((root / "runs" / "cycle_0001" / "metrics.json").read_text())
+    assert {"val_accuracy", "val_loss", "train_loss"} <= set(m["result"])
+    assert (root / "runs" / "cycle_0001" / "checkpoints" / "val_scores.npy").exists()
+    assert "improvement" in (root / "reports" / "final_report.md").read_text()
