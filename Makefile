@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench typecheck clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy --python-executable $(PY) src/ralph_ml
 
 bench: $(VENV)/.installed
 	$(PY) bench/loop_overhead.py

@@ -75,34 +75,34 @@ class Data(_Model):
 
 
 class Safeguards(_Model):
-    max_cycles: int = Field(10, ge=1)
-    no_improvement_stop_cycles: int = Field(3, ge=1)
-    min_improvement_delta: float = Field(0.0, ge=0.0)
-    time_limit_per_cycle_minutes: float = Field(30.0, gt=0.0)
-    total_time_limit_minutes: Optional[float] = Field(None, gt=0.0)
-    token_budget_per_cycle: Optional[int] = Field(None, ge=0)
-    token_budget_total: Optional[int] = Field(None, ge=0)
-    cost_budget_usd: Optional[float] = Field(None, ge=0.0)
+    max_cycles: int = Field(default=10, ge=1)
+    no_improvement_stop_cycles: int = Field(default=3, ge=1)
+    min_improvement_delta: float = Field(default=0.0, ge=0.0)
+    time_limit_per_cycle_minutes: float = Field(default=30.0, gt=0.0)
+    total_time_limit_minutes: Optional[float] = Field(default=None, gt=0.0)
+    token_budget_per_cycle: Optional[int] = Field(default=None, ge=0)
+    token_budget_total: Optional[int] = Field(default=None, ge=0)
+    cost_budget_usd: Optional[float] = Field(default=None, ge=0.0)
     # Minimum validation gate: a result worse than this is never kept, and if no cycle
     # has passed it after `validation_gate_cycles` cycles the run stops (exit 2).
     min_validation_gate: Optional[float] = None
-    validation_gate_cycles: int = Field(3, ge=1)
+    validation_gate_cycles: int = Field(default=3, ge=1)
     # Circuit breaker: stop after this many consecutive failures of the same kind.
-    max_consecutive_failures: int = Field(3, ge=1)
+    max_consecutive_failures: int = Field(default=3, ge=1)
 
 
 class Execution(_Model):
     mode: Literal["local"] = "local"
     python: str = "python"
-    train_cmd: str = Field("python train.py", min_length=1)
+    train_cmd: str = Field(default="python train.py", min_length=1)
     eval_cmd: Optional[str] = None
     prepare_cmd: Optional[str] = None  # run once, in the workspace, before the first cycle
     env_capture: bool = True
     env: dict[str, str] = Field(default_factory=dict)
     # Fallback when metrics.json is absent: `name: value` / `name=value` lines on stdout.
     metrics_pattern: str = r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
-    kill_grace_s: float = Field(5.0, ge=0.0)
-    max_concurrency: int = Field(1, ge=1, le=1)  # parallel trials arrive with a later release
+    kill_grace_s: float = Field(default=5.0, ge=0.0)
+    max_concurrency: int = Field(default=1, ge=1, le=1)  # parallel trials arrive with a later release
 
     @field_validator("metrics_pattern")
     @classmethod
@@ -124,7 +124,7 @@ class Agents(_Model):
     thinking: str = "medium"
     # Extra keys of seed 001 (opencode_model) are accepted as aliases of code_model.
     opencode_model: Optional[str] = None
-    n_startup_trials: int = Field(5, ge=0)  # random trials before TPE models the space
+    n_startup_trials: int = Field(default=5, ge=0)  # random trials before TPE models the space
     steer: bool = True  # follow high-confidence analysis recommendations one step
 
 
@@ -256,7 +256,7 @@ def _read(path: Path) -> Any:
         if suffix == ".toml":
             return tomllib.loads(text)
         if suffix in (".yaml", ".yml"):
-            import yaml
+            import yaml  # type: ignore[import-untyped,unused-ignore]
 
             return yaml.safe_load(text)
         if suffix == ".json":

@@ -29,7 +29,7 @@ from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
 from .errors import AgentError, GuardRejected, StateError, WorkspaceError
-from .executors import get_executor
+from .executors import TrialHandle, get_executor
 from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
@@ -487,7 +487,7 @@ class Loop:
             env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
         return env
 
-    def _wait(self, handle: Any) -> TrialResult:
+    def _wait(self, handle: TrialHandle) -> TrialResult:
         while True:
             result = handle.wait(POLL_S)
             if result is not None:
@@ -497,6 +497,7 @@ class Loop:
                 self.emit("manual", {"action": "stop", "cycle": self.cycle})
                 handle.cancel()
                 res = handle.wait(None)
+                assert res is not None  # wait(None) blocks until the trial ends
                 return res
             if action == "pause" and not self._paused:
                 handle.suspend()

@@ -34,7 +34,8 @@ def _fmt_params(params: dict[str, Any]) -> str:
 
 def leaderboard(records: list[CycleRecord], direction: Direction, top: int = 10) -> list[dict[str, Any]]:
     ok = [r for r in records if r.metric is not None and math.isfinite(r.metric)]
-    ok.sort(key=lambda r: r.metric if direction is Direction.MINIMIZE else -r.metric)  # type: ignore[operator]
+    sign = 1.0 if direction is Direction.MINIMIZE else -1.0
+    ok.sort(key=lambda r: sign * float(r.metric or 0.0))
     return [
         {
             "rank": i + 1,

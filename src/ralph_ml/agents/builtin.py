@@ -80,8 +80,9 @@ class BuiltinAgent(Agent):
         self.space = cfg.search_space
         self.dists = distributions(self.space)
         self.seed = cfg.project.seed
-        direction = "maximize" if cfg.target.dir.value == "maximize" else "minimize"
-        self.study = optuna.create_study(direction=direction)
+        self.study = optuna.create_study(
+            direction="maximize" if cfg.target.dir.value == "maximize" else "minimize"
+        )
         self.tried: set[tuple[tuple[str, Any], ...]] = set()
 
     # -- history -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ExecutorError
 from ..hashing import changed_files
+from ..journal import write_json_atomic
 from ..metrics import DEFAULT_METRICS_PATTERN, read_metrics
 from ..records import FailureClass, TrialResult, TrialSpec, TrialStatus
 from .base import Executor, TrialHandle
@@ -123,17 +124,6 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _write_json_atomic(path: Path, data: Any, *, fsync: bool) -> None:
-    """Write ``data`` to ``path`` through a temp file and ``os.replace``: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2))
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_tail(path: Path, max_bytes: int = _TAIL_BYTES, max_lines: int = _TAIL_LINES) -> str:
@@ -363,7 +353,7 @@ class LocalTrialHandle(TrialHandle):
         }
         try:
             # No fsync: only a crash of the loop must be survived, and the page cache does.
-            _write_json_atomic(self.cycle_dir / TRIAL_FILE, info, fsync=False)
+            write_json_atomic(self.cycle_dir / TRIAL_FILE, info, fsync=False)
         except OSError as exc:  # an untracked trial could not be reaped after a crash: do not run it
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -523,7 +513,7 @@ class LocalTrialHandle(TrialHandle):
         )
         self._result = result
         try:
-            _write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict(), fsync=True)
+            write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict(), fsync=True)
         except OSError as exc:  # the result is still returned; only resuming from this file is lost
             log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
 
