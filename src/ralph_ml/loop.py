@@ -29,11 +29,13 @@ from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
 from .errors import AgentError, GuardRejected, StateError, WorkspaceError
+from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
 from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .sinks import build_sinks
 from .records import (
     CycleRecord,
     Decision,
@@ -46,13 +48,9 @@ from .records import (
 )
 from .workspace import GitVersions, apply_patch, snapshot
 
-EventSink = Callable[[str, dict[str, Any]], None]
+EventSink = Callable[[str, dict[str, Any]], None]  # on_event(kind, event)
 
 POLL_S = 0.25  # how often the loop looks at the control file while a trial runs
-
-
-def _noop(kind: str, data: dict[str, Any]) -> None:
-    return None
 
 
 def _new_run_id() -> str:
@@ -64,7 +62,7 @@ class Loop:
 
     def __init__(self, cfg: Config, on_event: Optional[EventSink] = None) -> None:
         self.cfg = cfg
-        self.emit = on_event or _noop
+        self.bus = EventBus([CallbackSink(on_event)] if on_event else [])
         self.ws = cfg.path(cfg.paths.workspace)
         self.runs_dir = cfg.path(cfg.paths.runs)
         self.reports_dir = cfg.path(cfg.paths.reports)
@@ -165,6 +163,7 @@ class Loop:
             loop._write_run_env()
             loop._prepare()
             loop.agent = get_agent(cfg)
+            loop._open_sinks()
             loop.journal = Journal(loop.journal_path)
             loop.journal.append(
                 {
@@ -205,6 +204,7 @@ class Loop:
             loop.agent = get_agent(cfg)
             for rec in loop.history:
                 loop.agent.observe(rec)
+            loop._open_sinks()
             loop.journal.append({"type": "run_resumed", "ts": time.time(), "cycles_recorded": len(loop.history)})
             loop._pending = rp.in_flight
         except BaseException:
@@ -251,6 +251,17 @@ class Loop:
         )
 
     # ------------------------------------------------------------------ helpers
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.bus.emit(kind, data, cycle=data.get("cycle", self.cycle or None))
+
+    def _open_sinks(self) -> None:
+        """events.jsonl plus the tracking sinks named in ``observability`` (all fail soft)."""
+        self.bus.run_id = self.run_id
+        if self.cfg.observability.emit_events_jsonl:
+            self.bus.add(EventLog(self.state_dir / "events.jsonl"))
+        for sink in build_sinks(self.cfg, self.run_id, self.bus):
+            self.bus.add(sink)
+
     @property
     def elapsed_s(self) -> float:
         return self.base_elapsed + (time.monotonic() - self.t0)
@@ -326,6 +337,7 @@ class Loop:
         finally:
             if self.journal:
                 self.journal.close()
+            self.bus.close()
             self._unlock()
 
     def step(self) -> Decision:
@@ -421,11 +433,13 @@ class Loop:
             write_text_atomic(cdir / "patch.diff", proposal.patch)
             self._phase("guard")
             try:
-                guard_patch(code, proposal.patch, mutable=cfg.files.mutable, frozen=cfg.files.frozen)
+                touched = guard_patch(code, proposal.patch, mutable=cfg.files.mutable, frozen=cfg.files.frozen)
             except GuardRejected as exc:
                 msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
                 write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")
+                self.emit("guard", {"cycle": cycle, "verdict": "rejected", "reason": msg})
                 return self._invalid(FailureClass.GUARD_REJECTED, msg), {}, None
+            self.emit("guard", {"cycle": cycle, "verdict": "accepted", "files": touched})
         code_hashes = hash_files(code, cfg.files.frozen)
         changed = [f for f, h in code_hashes.items() if self.frozen_hashes.get(f) != h]
         if changed:
@@ -632,6 +646,8 @@ class Loop:
                 "recommendations": [r.to_dict() for r in analysis.recommendations[:2]],
                 "message": result.message,
                 "decision": d.to_dict(),
+                "record": record.to_dict(),
+                "cycle_dir": str(cdir),
             },
         )
         return d

@@ -244,3 +244,21 @@ def test_git_versions_each_cycle_and_tags_the_best(exp) -> None:  # type: ignore
     # the user's checkout is untouched
     assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout == head
     assert subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout == ""
+
+
+def test_events_jsonl_records_every_phase_with_ids_and_timestamps(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(QUADRATIC, target=1.5, safeguards={"max_cycles": 2})
+    assert ralph(root, "start").returncode == 2
+    events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_stopped"
+    for kind in ("cycle_started", "phase", "trial_started", "trial_ended", "cycle_recorded"):
+        assert kinds.count(kind) >= 2, kind
+    run_id = journal_events(root)[0]["run_id"]
+    assert all(e["run_id"] == run_id for e in events)
+    ts = [e["ts"] for e in events]
+    assert ts == sorted(ts)
+    phases = [e["phase"] for e in events if e["kind"] == "phase" and e.get("cycle") == 1]
+    assert phases[:4] == ["propose", "materialize", "execute", "analyze"]
+    rec = [e for e in events if e["kind"] == "cycle_recorded"]
+    assert [e["cycle"] for e in rec] == [1, 2] and rec[0]["record"]["cycle"] == 1

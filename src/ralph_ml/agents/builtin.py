@@ -84,6 +84,8 @@ class BuiltinAgent(Agent):
             direction="maximize" if cfg.target.dir.value == "maximize" else "minimize"
         )
         self.tried: set[tuple[tuple[str, Any], ...]] = set()
+        # The TPE trial behind the last proposal, told its result in observe().
+        self._asked: tuple[optuna.trial.Trial, tuple[tuple[str, Any], ...]] | None = None
 
     # -- history -----------------------------------------------------------------------
     def observe(self, record: CycleRecord) -> None:
@@ -97,6 +99,12 @@ class BuiltinAgent(Agent):
         except Exception:
             return  # outside the current space (the space was edited): skip it
         ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
+        asked, self._asked = self._asked, None
+        if asked is not None and asked[1] == _key(params):
+            self.study.tell(asked[0], record.metric if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL)
+            return
+        if asked is not None:
+            self.study.tell(asked[0], state=TrialState.FAIL)  # proposed but never run as asked
         self.study.add_trial(
             optuna.trial.create_trial(
                 params=params,
@@ -156,16 +164,19 @@ class BuiltinAgent(Agent):
             self.study.sampler = self._sampler(ctx.cycle, attempt)
             trial = self.study.ask(self.dists)
             params = dict(trial.params)
-            # The trial is only a sampling vehicle; observe() adds the real result later.
-            self.study.tell(trial, state=TrialState.FAIL)
-            if _key(params) not in self.tried:
-                return Proposal(
-                    params=params,
-                    rationale=f"TPE sample (seed {self.seed}, cycle {ctx.cycle})"
-                    + (f" after {attempt} duplicate(s)" if attempt else ""),
-                    agent=self.name,
-                    meta={"source": "tpe"},
-                )
+            if _key(params) in self.tried:
+                self.study.tell(trial, state=TrialState.FAIL)  # a duplicate: never run
+                continue
+            if self._asked is not None:
+                self.study.tell(self._asked[0], state=TrialState.FAIL)
+            self._asked = (trial, _key(params))
+            return Proposal(
+                params=params,
+                rationale=f"TPE sample (seed {self.seed}, cycle {ctx.cycle})"
+                + (f" after {attempt} duplicate(s)" if attempt else ""),
+                agent=self.name,
+                meta={"source": "tpe"},
+            )
         raise AgentError(
             f"the search space looks exhausted: {_RESAMPLE_TRIES} samples in a row were configurations already tried "
             f"({len(self.tried)} tried). Widen `search_space` in the config, or stop here."

@@ -513,7 +513,7 @@ class LocalTrialHandle(TrialHandle):
         )
         self._result = result
         try:
-            write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict(), fsync=True)
+            write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict())  # the journal fsync follows
         except OSError as exc:  # the result is still returned; only resuming from this file is lost
             log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
 
