@@ -28,3 +28,9 @@ def test_core_does_not_import_torch() -> None:
     code = "import sys, ralph_ml.loop, ralph_ml.cli, ralph_ml.trial; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_trial_helper_import_does_not_load_pydantic_or_optuna() -> None:
+    code = "import sys, ralph_ml.trial; print(sorted(m for m in ('pydantic', 'optuna', 'torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
