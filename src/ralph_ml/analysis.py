@@ -85,6 +85,10 @@ def analyze(
     lr = _first(space, "lr", "learning_rate")
     notes: list[str] = []
 
+    if result.status is TrialStatus.PRUNED:
+        notes.append(f"Stopped early: {result.message}. The partial metrics are kept in metrics.json.")
+        recs.add("medium", "explore another region of the search space: this configuration was not going to win")
+        return Analysis(diagnosis="pruned", summary=" ".join(notes), recommendations=recs.ranked())
     if result.status is not TrialStatus.OK or metric is None:
         failure = result.failure
         if failure is FailureClass.NAN or _diverged(progress):

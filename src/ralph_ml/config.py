@@ -159,6 +159,20 @@ class Observability(_Model):
     emit_events_jsonl: bool = True
 
 
+class Pruning(_Model):
+    """Early stopping of doomed trials from their progress reports (off by default)."""
+
+    pruner: Literal["none", "median", "asha", "hyperband", "forecast"] = "none"
+    metric: Optional[str] = None  # a key of the progress rows; default: the target metric
+    direction: Optional[Direction] = None  # default: the target's, or inferred from the name
+    n_startup_trials: int = Field(default=3, ge=0)  # median: finished trials before pruning
+    n_warmup_steps: int = Field(default=2, ge=0)  # never prune before this step
+    reduction_factor: int = Field(default=3, ge=2)  # asha / hyperband
+    max_steps: Optional[int] = Field(default=None, ge=1)  # forecast: the planned last step
+    max_steps_param: Optional[str] = None  # ... or read it from this param (e.g. "epochs")
+    grace_s: float = Field(default=5.0, ge=0.0)  # after the stop request, then terminate
+
+
 class Param(_Model):
     type: Literal["float", "int", "categorical"]
     low: Optional[float] = None
@@ -202,6 +216,7 @@ class Config(_Model):
     files: Files = Field(default_factory=Files)
     versioning: Versioning = Field(default_factory=Versioning)
     observability: Observability = Field(default_factory=Observability)
+    pruning: Pruning = Field(default_factory=Pruning)
     search_space: dict[str, Param] = Field(default_factory=dict)
 
     @field_validator("search_space")

@@ -117,6 +117,8 @@ def before_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> D
 
 
 def _failure_signature(rec: CycleRecord) -> tuple[str, str, str] | None:
+    if rec.result.status in (TrialStatus.PRUNED, TrialStatus.CANCELLED):
+        return None  # stopped on purpose: not a failure
     if rec.result.status is TrialStatus.OK and rec.verdict != "failed":
         return None
     if rec.verdict in ("kept", "discarded", "below_gate"):

@@ -35,6 +35,7 @@ from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .pruning import ProgressReader, PruneVerdict, TrialPruner
 from .sinks import build_sinks
 from .records import (
     CycleRecord,
@@ -95,6 +96,8 @@ class Loop:
         self._best: CycleRecord | None = None
         self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
+        self.pruner: TrialPruner | None = None
+        self._pruned_cycle: int | None = None  # the cycle whose curve the pruner already saw
 
     def _apply(self, record: CycleRecord) -> None:
         """Add a recorded cycle to the in-memory history and the running totals."""
@@ -163,6 +166,8 @@ class Loop:
             loop._write_run_env()
             loop._prepare()
             loop.agent = get_agent(cfg)
+            if cfg.pruning.pruner != "none":
+                loop.pruner = TrialPruner(cfg, [], loop.runs_dir)
             loop._open_sinks()
             loop.journal = Journal(loop.journal_path)
             loop.journal.append(
@@ -204,6 +209,8 @@ class Loop:
             loop.agent = get_agent(cfg)
             for rec in loop.history:
                 loop.agent.observe(rec)
+            if cfg.pruning.pruner != "none":
+                loop.pruner = TrialPruner(cfg, loop.history, loop.runs_dir)
             loop._open_sinks()
             loop.journal.append({"type": "run_resumed", "ts": time.time(), "cycles_recorded": len(loop.history)})
             loop._pending = rp.in_flight
@@ -477,7 +484,7 @@ class Loop:
         self._phase("execute", persist=True)
         self.emit("trial_started", {"cycle": cycle, "params": params, "timeout_s": timeout_s})
         handle = self.executor.submit(spec)
-        result = self._wait(handle)
+        result = self._wait(handle, cdir, params)
         self.emit("trial_ended", {"cycle": cycle, "status": result.status.value, "duration_s": result.duration_s})
         return result, code_hashes, commit
 
@@ -501,10 +508,37 @@ class Loop:
             env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
         return env
 
-    def _wait(self, handle: TrialHandle) -> TrialResult:
+    def _wait(self, handle: TrialHandle, cdir: Path, params: dict[str, Any]) -> TrialResult:
+        pruner, reader = self.pruner, None
+        prune: PruneVerdict | None = None
+        prune_at = 0.0
+        if pruner is not None:
+            pruner.start(params)
+            reader = ProgressReader(cdir / "progress.jsonl")
         while True:
             result = handle.wait(POLL_S)
+            if result is None and pruner is not None and reader is not None and not self._paused:
+                if prune is None:
+                    verdict = pruner.update(reader.new_rows())
+                    if verdict.prune:
+                        prune, prune_at = verdict, time.monotonic()
+                        # Ask the trial to stop (trial.report() returns True); terminate after the grace.
+                        write_json_atomic(cdir / "control.json", {"action": "stop", "reason": verdict.reason})
+                        self.emit("prune", {"cycle": self.cycle, "step": verdict.step, "reason": verdict.reason})
+                elif time.monotonic() - prune_at > self.cfg.pruning.grace_s:
+                    handle.cancel()
             if result is not None:
+                if pruner is not None:
+                    self._pruned_cycle = self.cycle
+                    if prune is not None:
+                        result = _replace(
+                            result,
+                            status=TrialStatus.PRUNED,
+                            failure=FailureClass.NONE,
+                            message=f"pruned at step {prune.step}: {prune.reason}",
+                        )
+                    final = result.metrics.get(pruner.metric) if result.status is TrialStatus.OK else None
+                    pruner.finish(prune is not None, final)
                 return result
             action = self.control.action()
             if action == "stop":
@@ -627,6 +661,8 @@ class Loop:
             }
         )
         self._apply(record)
+        if self.pruner is not None and self._pruned_cycle != cycle:
+            self.pruner.observe(record)  # a cycle collected on resume: add its curve
         self.last_decision = d
         assert self.agent is not None
         self.agent.observe(record)

@@ -1,0 +1,256 @@
+"""Early stopping of doomed trials, fed by the trial's progress reports.
+
+Two families, chosen by ``[pruning] pruner``:
+- Optuna's pruners (``median``, ``asha`` = successive halving, ``hyperband``), over a study
+  of past cycles' learning curves (rebuilt from their ``progress.jsonl`` on resume);
+- ``forecast``: a direction-aware learning-curve forecaster. It fits the watched metric
+  against log(step) on the trial's recent reports, extrapolates to the planned last step
+  with a prediction interval, and stops the trial only when even the optimistic end of that
+  interval cannot beat the best final value seen so far.
+
+A pruner only *decides*; the loop asks the trial to stop (the ``report`` return value and
+its control file) and terminates it after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from .config import Config
+from .records import CycleRecord, Direction, TrialStatus
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class PruneVerdict:
+    prune: bool
+    reason: str = ""
+    step: int | None = None
+
+
+class ProgressReader:
+    """Reads new rows of a progress.jsonl as it grows (one stat per call when nothing changed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def new_rows(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size <= self._offset:
+            return []
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read(size - self._offset)
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        rows = []
+        for line in data[:end].splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+
+def _value(row: Mapping[str, Any], metric: str) -> float | None:
+    v = row.get(metric)
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+def curve(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for i, row in enumerate(rows):
+        v = _value(row, metric)
+        if v is None:
+            continue
+        step = row.get("step", i)
+        out[int(step) if isinstance(step, (int, float)) else i] = v
+    return out
+
+
+def read_curve(cycle_dir: Path, metric: str) -> dict[int, float]:
+    path = cycle_dir / "progress.jsonl"
+    if not path.exists():
+        return {}
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return curve(rows, metric)
+
+
+def forecast(points: Mapping[int, float], last_step: int, *, z: float = 2.0) -> tuple[float, float] | None:
+    """(prediction, half-width) of the metric at ``last_step`` from a fit on log(step + 1).
+
+    A log-linear fit over-estimates a saturating curve's future progress, which keeps the
+    pruning decision conservative. None when there are too few points to fit.
+    """
+    steps = sorted(points)
+    steps = [s for s in steps if math.isfinite(points[s])][-8:]
+    if len(steps) < 3:
+        return None
+    xs = [math.log(s + 1.0) for s in steps]
+    ys = [points[s] for s in steps]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 0:
+        return None
+    beta = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    alpha = my - beta * mx
+    resid = [y - (alpha + beta * x) for x, y in zip(xs, ys)]
+    sigma = math.sqrt(sum(r * r for r in resid) / max(1, n - 2))
+    x_t = math.log(last_step + 1.0)
+    pred = alpha + beta * x_t
+    # prediction interval of a simple linear regression at x_t
+    half = z * sigma * math.sqrt(1.0 + 1.0 / n + (x_t - mx) ** 2 / sxx)
+    # never narrower than the recent step-to-step noise, so a lucky smooth curve is not over-trusted
+    jitter = max((abs(ys[i] - ys[i - 1]) for i in range(1, n)), default=0.0)
+    return pred, max(half, jitter)
+
+
+class TrialPruner:
+    """Decides, report by report, whether the running trial should stop early."""
+
+    def __init__(self, cfg: Config, history: Sequence[CycleRecord], runs_dir: Path) -> None:
+        pc = cfg.pruning
+        self.cfg = cfg
+        self.kind = pc.pruner
+        self.metric = pc.metric or cfg.target.name
+        if pc.direction is not None:
+            self.direction = pc.direction
+        elif self.metric == cfg.target.name:
+            self.direction = cfg.target.dir
+        else:
+            low = self.metric.lower()
+            self.direction = Direction.MINIMIZE if any(h in low for h in ("loss", "error", "perplexity", "nll")) else Direction.MAXIMIZE
+        self.n_warmup_steps = pc.n_warmup_steps
+        self.runs_dir = runs_dir
+        self.study = optuna.create_study(direction=self.direction.value, pruner=self._optuna_pruner())
+        self.best_final: float | None = None
+        self._trial: optuna.trial.Trial | None = None
+        self._points: dict[int, float] = {}
+        self._last_step: int | None = None
+        for rec in history:
+            self.observe(rec)
+
+    def _optuna_pruner(self) -> optuna.pruners.BasePruner:
+        pc = self.cfg.pruning
+        if self.kind == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=pc.n_startup_trials, n_warmup_steps=pc.n_warmup_steps)
+        if self.kind == "asha":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, pc.n_warmup_steps), reduction_factor=pc.reduction_factor)
+        if self.kind == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=max(1, pc.n_warmup_steps), reduction_factor=pc.reduction_factor)
+        return optuna.pruners.NopPruner()
+
+    # -- history ---------------------------------------------------------------------------
+    def observe(self, rec: CycleRecord) -> None:
+        """Add a finished cycle's learning curve (read from its progress.jsonl)."""
+        points = read_curve(self.runs_dir / f"cycle_{rec.cycle:04d}", self.metric)
+        if not points:
+            return
+        ok = rec.result.status is TrialStatus.OK
+        final = rec.result.metrics.get(self.metric) if ok else None
+        if final is None and ok:
+            final = points[max(points)]
+        if ok and final is not None and math.isfinite(final):
+            if self.best_final is None or self.direction.better(final, self.best_final):
+                self.best_final = final
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE if (ok and final is not None and math.isfinite(final)) else TrialState.PRUNED,
+                value=final if (ok and final is not None and math.isfinite(final)) else None,
+                intermediate_values={s: v for s, v in points.items() if math.isfinite(v)},
+            )
+        )
+
+    # -- the running trial --------------------------------------------------------------------
+    def start(self, params: Mapping[str, Any]) -> None:
+        self._trial = self.study.ask()
+        self._points = {}
+        pc = self.cfg.pruning
+        last = pc.max_steps
+        if pc.max_steps_param and pc.max_steps_param in params:
+            try:
+                last = int(params[pc.max_steps_param]) - 1  # steps are 0-based epochs
+            except (TypeError, ValueError):
+                last = pc.max_steps
+        self._last_step = last
+
+    def update(self, rows: Sequence[Mapping[str, Any]]) -> PruneVerdict:
+        if self._trial is None:
+            return PruneVerdict(False)
+        new = curve(rows, self.metric)
+        if not new:
+            return PruneVerdict(False)
+        for step, v in sorted(new.items()):
+            if not math.isfinite(v):
+                return PruneVerdict(True, f"{self.metric} became {v} at step {step}: the trial diverged", step)
+            if step not in self._points:
+                self._trial.report(v, step)
+            self._points[step] = v
+        step = max(self._points)
+        if step < self.n_warmup_steps:
+            return PruneVerdict(False)
+        if self.kind == "forecast":
+            return self._forecast_verdict(step)
+        if self.kind != "none" and self._trial.should_prune():
+            return PruneVerdict(
+                True,
+                f"{self.kind} pruner: {self.metric} = {self._points[step]:.6g} at step {step} is worse than "
+                "the other trials at the same step",
+                step,
+            )
+        return PruneVerdict(False)
+
+    def _forecast_verdict(self, step: int) -> PruneVerdict:
+        if self.best_final is None or self._last_step is None or step >= self._last_step:
+            return PruneVerdict(False)
+        fc = forecast(self._points, self._last_step)
+        if fc is None:
+            return PruneVerdict(False)
+        pred, half = fc
+        optimistic = pred + half if self.direction is Direction.MAXIMIZE else pred - half
+        if self.direction.better(optimistic, self.best_final):
+            return PruneVerdict(False)
+        return PruneVerdict(
+            True,
+            f"forecast: {self.metric} at step {self._last_step} ≈ {pred:.6g} ± {half:.3g}; even {optimistic:.6g} "
+            f"cannot beat the best {self.best_final:.6g}",
+            step,
+        )
+
+    def finish(self, pruned: bool, final: float | None) -> None:
+        if self._trial is None:
+            return
+        if pruned or final is None or not math.isfinite(final):
+            self.study.tell(self._trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(self._trial, final)
+            if self.best_final is None or self.direction.better(final, self.best_final):
+                self.best_final = final
+        self._trial = None

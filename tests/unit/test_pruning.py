@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ralph_ml.config import Config
+from ralph_ml.pruning import ProgressReader, TrialPruner, forecast
+from ralph_ml.records import CycleRecord, Proposal, TrialResult, TrialStatus
+
+
+def cfg(**pruning: object) -> Config:
+    return Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 2.0}}, "pruning": pruning})
+
+
+def write_curve(runs: Path, cycle: int, values: list[float]) -> CycleRecord:
+    d = runs / f"cycle_{cycle:04d}"
+    d.mkdir(parents=True)
+    (d / "progress.jsonl").write_text("".join(json.dumps({"step": i, "acc": v}) + "\n" for i, v in enumerate(values)))
+    return CycleRecord(cycle=cycle, proposal=Proposal(), result=TrialResult(status=TrialStatus.OK, metrics={"acc": values[-1]}),
+                       metric=values[-1], kept=True, verdict="kept")
+
+
+def saturating(top: float, n: int = 10) -> list[float]:
+    return [top * (1 - math.exp(-(i + 1) / 3)) for i in range(n)]
+
+
+def test_forecast_brackets_a_saturating_curve_from_above() -> None:
+    ys = saturating(0.9, 10)
+    pred, half = forecast(dict(enumerate(ys[:5])), 9)  # type: ignore[misc]
+    assert pred + half >= ys[9]  # optimistic end covers the true final value: conservative
+
+
+def test_forecast_needs_three_points() -> None:
+    assert forecast({0: 0.1, 1: 0.2}, 9) is None
+
+
+def test_median_pruner_stops_a_trial_below_the_median(tmp_path: Path) -> None:
+    history = [write_curve(tmp_path, c, saturating(0.9)) for c in (1, 2, 3)]
+    p = TrialPruner(cfg(pruner="median", n_startup_trials=2, n_warmup_steps=2), history, tmp_path)
+    p.start({})
+    bad = saturating(0.3)
+    assert not p.update([{"step": 0, "acc": bad[0]}, {"step": 1, "acc": bad[1]}]).prune  # warm-up
+    v = p.update([{"step": 2, "acc": bad[2]}])
+    assert v.prune and v.step == 2 and "median" in v.reason
+    p.finish(True, None)
+    p.start({})
+    good = saturating(0.95)
+    assert not any(p.update([{"step": i, "acc": good[i]}]).prune for i in range(10))
+
+
+def test_forecast_pruner_only_stops_when_it_cannot_win(tmp_path: Path) -> None:
+    history = [write_curve(tmp_path, 1, saturating(0.9))]
+    c = cfg(pruner="forecast", n_warmup_steps=3, max_steps_param="epochs")
+    p = TrialPruner(c, history, tmp_path)
+    p.start({"epochs": 10})
+    hopeless = saturating(0.4)
+    verdicts = [p.update([{"step": i, "acc": hopeless[i]}]) for i in range(6)]
+    assert any(v.prune for v in verdicts) and "forecast" in next(v for v in verdicts if v.prune).reason
+    p.finish(True, None)
+    p.start({"epochs": 10})
+    close = saturating(0.92)
+    assert not any(p.update([{"step": i, "acc": close[i]}]).prune for i in range(6))
+
+
+def test_nan_in_the_curve_prunes_at_once(tmp_path: Path) -> None:
+    p = TrialPruner(cfg(pruner="median"), [], tmp_path)
+    p.start({})
+    assert p.update([{"step": 0, "acc": "nan"}]).prune
+
+
+def test_progress_reader_returns_only_complete_new_rows(tmp_path: Path) -> None:
+    f = tmp_path / "progress.jsonl"
+    r = ProgressReader(f)
+    assert r.new_rows() == []
+    f.write_text('{"step": 0, "acc": 0.1}\n{"step": 1, "ac')
+    assert r.new_rows() == [{"step": 0, "acc": 0.1}]
+    with open(f, "a") as fh:
+        fh.write('c": 0.2}\n')
+    assert r.new_rows() == [{"step": 1, "acc": 0.2}]
+    assert r.new_rows() == []
