@@ -102,7 +102,11 @@ class Execution(_Model):
     # Fallback when metrics.json is absent: `name: value` / `name=value` lines on stdout.
     metrics_pattern: str = r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
     kill_grace_s: float = Field(default=5.0, ge=0.0)
-    max_concurrency: int = Field(default=1, ge=1, le=1)  # parallel trials arrive with a later release
+    max_concurrency: int = Field(default=1, ge=1, le=256)  # K trials at once
+    # GPUs of the pool: a list of ids, or "auto" (CUDA_VISIBLE_DEVICES or nvidia-smi; none on a CPU box)
+    gpus: Union[list[int], Literal["auto"]] = "auto"
+    gpus_per_trial: Optional[int] = Field(default=None, ge=0)  # default: 1 when the pool has GPUs
+    cpus_per_trial: Optional[int] = Field(default=None, ge=1)  # sets OMP/MKL_NUM_THREADS per trial
 
     @field_validator("metrics_pattern")
     @classmethod

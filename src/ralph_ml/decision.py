@@ -61,13 +61,14 @@ def _stop(reason: StopReason, message: str, **evidence: object) -> Decision:
     return Decision(action="stop", reason=reason, message=message, evidence=dict(evidence))
 
 
-def budget_stop(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision | None:
+def budget_stop(history: Sequence[CycleRecord], cfg: Config, usage: Usage, started: int | None = None) -> Decision | None:
+    """``started``: cycles recorded plus in flight (they count against max_cycles already)."""
     sg = cfg.safeguards
-    n = len(history)
+    n = len(history) if started is None else started
     if n >= sg.max_cycles:
         return _stop(
             StopReason.MAX_CYCLES,
-            f"reached safeguards.max_cycles = {sg.max_cycles} ({n} cycles recorded)",
+            f"reached safeguards.max_cycles = {sg.max_cycles} ({n} cycles started)",
             cycles=n, max_cycles=sg.max_cycles,
         )
     if sg.total_time_limit_minutes is not None and usage.elapsed_s >= sg.total_time_limit_minutes * 60:
@@ -97,9 +98,9 @@ def estimate_cycle_s(history: Sequence[CycleRecord]) -> float:
     return statistics.median(durations) if durations else 0.0
 
 
-def before_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
+def before_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage, started: int | None = None) -> Decision:
     """Budgets are checked before spending: a cycle that cannot fit is not started."""
-    stop = budget_stop(history, cfg, usage)
+    stop = budget_stop(history, cfg, usage, started)
     if stop:
         return stop
     limit_min = cfg.safeguards.total_time_limit_minutes

@@ -114,7 +114,7 @@ class Replay:
     run: dict[str, Any]
     records: list[CycleRecord] = field(default_factory=list)
     decisions: dict[int, Decision] = field(default_factory=dict)
-    in_flight: tuple[int, Proposal] | None = None  # started, not recorded
+    in_flight: list[tuple[int, Proposal]] = field(default_factory=list)  # started, not recorded
     stopped: dict[str, Any] | None = None  # last run_stopped event, if no resume followed
     elapsed_s: float = 0.0  # active loop time up to the last recorded cycle
     sessions: int = 0
@@ -154,14 +154,10 @@ def replay(path: Path) -> Replay:
         raise StateError(
             f"no run recorded in {path}. Start one with `ralph-ml start`."
         )
-    in_flight = None
-    pending = sorted(c for c in started if c not in records)
-    if pending:
-        c = pending[-1]
-        in_flight = (c, started[c])
+    in_flight = [(c, started[c]) for c in sorted(started) if c not in records]
     return Replay(
         run=run,
-        records=[records[c] for c in sorted(records)],
+        records=list(records.values()),  # in the order they were recorded (completion order)
         decisions=decisions,
         in_flight=in_flight,
         stopped=stopped,

@@ -9,6 +9,9 @@ recorded cycle and records none twice.
 from __future__ import annotations
 
 import fcntl
+import queue
+import threading
+from dataclasses import dataclass, field
 import json
 import math
 import os
@@ -35,7 +38,8 @@ from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
-from .pruning import ProgressReader, PruneVerdict, TrialPruner
+from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
+from .resources import Allocation, ResourcePool, detect_gpus
 from .sinks import build_sinks
 from .records import (
     CycleRecord,
@@ -56,6 +60,26 @@ POLL_S = 0.25  # how often the loop looks at the control file while a trial runs
 
 def _new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@dataclass(eq=False)
+class Flight:
+    """A cycle in flight: started (journalled), not yet recorded."""
+
+    cycle: int
+    proposal: Proposal
+    cdir: Path
+    params: dict[str, Any]
+    result: TrialResult | None = None  # set when the trial ended (or never needed to run)
+    code_hashes: dict[str, str] = field(default_factory=dict)
+    commit: str | None = None
+    handle: TrialHandle | None = None  # the running trial
+    alloc: Allocation | None = None
+    prune: PruneSession | None = None
+    reader: ProgressReader | None = None
+    prune_verdict: PruneVerdict | None = None
+    prune_at: float = 0.0
+    pruner_saw: bool = False
 
 
 class Loop:
@@ -97,7 +121,11 @@ class Loop:
         self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self.pruner: TrialPruner | None = None
-        self._pruned_cycle: int | None = None  # the cycle whose curve the pruner already saw
+        ex = cfg.execution
+        self.pool = ResourcePool.for_concurrency(
+            detect_gpus() if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, ex.cpus_per_trial, ex.max_concurrency
+        )
+        self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
 
     def _apply(self, record: CycleRecord) -> None:
         """Add a recorded cycle to the in-memory history and the running totals."""
@@ -213,7 +241,7 @@ class Loop:
                 loop.pruner = TrialPruner(cfg, loop.history, loop.runs_dir)
             loop._open_sinks()
             loop.journal.append({"type": "run_resumed", "ts": time.time(), "cycles_recorded": len(loop.history)})
-            loop._pending = rp.in_flight
+            loop._pending = list(rp.in_flight)
         except BaseException:
             loop._unlock()
             raise
@@ -223,7 +251,7 @@ class Loop:
         )
         return loop
 
-    _pending: tuple[int, Proposal] | None = None
+    _pending: list[tuple[int, Proposal]] = []
 
     def _prepare(self) -> None:
         cmd = self.cfg.execution.prepare_cmd
@@ -326,21 +354,28 @@ class Loop:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Decision:
+        """Run cycles, up to ``execution.max_concurrency`` at once, until a stop rule fires."""
         try:
-            if self._pending is not None:
-                cycle, proposal = self._pending
-                self._pending = None
-                d = self._run_cycle(cycle, proposal, recovering=True)
-                if d.stop:
-                    return self._finish(d)
-            elif self.history:
+            flights: dict[int, Flight] = {}
+            for cycle, proposal in self._pending:
+                flights[cycle] = self._recover(cycle, proposal)
+            self._pending = []
+            if not flights and self.history:
                 d = dec.after_cycle(self.history, self.cfg, self.usage())
                 if d.stop:
                     return self._finish(d)
             while True:
-                d = self.step()
-                if d.stop:
-                    return self._finish(d)
+                no_more = self._fill(flights)
+                if not flights:
+                    if no_more is not None:
+                        return self._finish(no_more)
+                    continue  # paused between cycles: _fill waited a poll interval
+                for f in self._wait_any(flights):
+                    del flights[f.cycle]
+                    d = self._collect(f)
+                    if d.stop:
+                        self._drain(flights)
+                        return self._finish(d)
         finally:
             if self.journal:
                 self.journal.close()
@@ -348,13 +383,51 @@ class Loop:
             self._unlock()
 
     def step(self) -> Decision:
-        """Run one cycle (or refuse to start one a budget cannot pay for)."""
-        d = dec.before_cycle(self.history, self.cfg, self.usage())
-        if d.stop:
-            return d
-        if self._wait_if_paused():
-            return self._manual_stop()
-        cycle = len(self.history) + 1
+        """Run exactly one cycle to its end (or refuse to start one a budget cannot pay for).
+
+        The public step API: ``run`` is this, with up to K cycles in flight.
+        """
+        flights: dict[int, Flight] = {}
+        no_more = self._fill(flights, limit=1)
+        if not flights:
+            return no_more or Decision(action="continue", message="paused")
+        while flights:
+            for f in self._wait_any(flights):
+                del flights[f.cycle]
+                return self._collect(f)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fill(self, flights: dict[int, Flight], limit: int | None = None) -> Decision | None:
+        """Start cycles until K are in flight. Returns the reason no more can start, if any."""
+        k = limit or self.cfg.execution.max_concurrency
+        while len(flights) < k:
+            action = self.control.action()
+            if action == "stop":
+                return self._manual_stop()
+            if action == "pause":
+                if not self._paused:
+                    self._set_paused(True, flights)
+                if not flights:
+                    time.sleep(POLL_S)
+                return None
+            if self._paused:
+                self._set_paused(False, flights)
+            started = len(self.history) + len(flights)
+            d = dec.before_cycle(self.history, self.cfg, self.usage(), started=started)
+            if d.stop:
+                return d
+            cycle = max([0, *(r.cycle for r in self.history), *flights]) + 1
+            proposal = self._propose(cycle, flights)
+            if proposal is None:
+                return Decision(action="stop", reason=StopReason.SEARCH_EXHAUSTED, message=self._exhausted)
+            assert self.journal is not None
+            self.journal.append({"type": "cycle_started", "ts": time.time(), "cycle": cycle, "proposal": proposal.to_dict()})
+            flights[cycle] = self._launch(cycle, proposal)
+        return None
+
+    _exhausted = ""
+
+    def _propose(self, cycle: int, flights: dict[int, Flight]) -> Proposal | None:
         self.cycle = cycle
         self._phase("propose", persist=True)
         assert self.agent is not None
@@ -370,54 +443,54 @@ class Loop:
             direction=self.cfg.target.dir.value,
             tokens_left=None if sg.token_budget_total is None else sg.token_budget_total - usage.tokens,
             cost_left_usd=None if sg.cost_budget_usd is None else sg.cost_budget_usd - usage.cost_usd,
+            pending=tuple(f.proposal for f in flights.values()),
         )
         try:
-            proposal = self.agent.propose(ctx)
+            return self.agent.propose(ctx)
         except AgentError as exc:
             if "exhausted" in str(exc):
-                return Decision(action="stop", reason=StopReason.SEARCH_EXHAUSTED, message=str(exc))
-            proposal = Proposal(agent=self.agent.name, rationale="agent error", meta={"agent_error": str(exc)})
-        assert self.journal is not None
-        self.journal.append({"type": "cycle_started", "ts": time.time(), "cycle": cycle, "proposal": proposal.to_dict()})
-        return self._run_cycle(cycle, proposal, recovering=False)
+                self._exhausted = str(exc)
+                return None
+            return Proposal(agent=self.agent.name, rationale="agent error", meta={"agent_error": str(exc)})
 
-    def _run_cycle(self, cycle: int, proposal: Proposal, *, recovering: bool) -> Decision:
-        self.cycle = cycle
+    def _recover(self, cycle: int, proposal: Proposal) -> Flight:
+        """A cycle the journal says started but never recorded: collect it once, or re-run it once."""
         cdir = self.cycle_dir(cycle)
-        self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": recovering})
-        result: TrialResult | None = None
-        code_hashes: dict[str, str] = {}
-        commit: str | None = None
-        if recovering:
-            killed = reap_orphans(cdir) if cdir.exists() else 0
-            result = read_result(cdir) if cdir.exists() else None
-            if result is not None:
-                self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
-                code_hashes = hash_files(cdir / "code", self.cfg.files.frozen)
-                if (cdir / "version.json").exists():
-                    commit = json.loads((cdir / "version.json").read_text()).get("commit")
-            elif cdir.exists():
-                # The trial did not finish: keep its partial files as evidence, then re-run it once.
-                attic = self.runs_dir / ".interrupted"
-                attic.mkdir(parents=True, exist_ok=True)
-                n = 1
-                while (attic / f"{cdir.name}-attempt{n}").exists():
-                    n += 1
-                aside = attic / f"{cdir.name}-attempt{n}"
-                os.replace(cdir, aside)
-                self.emit("recovered", {"cycle": cycle, "how": "re-run", "killed": killed, "evidence": str(aside)})
-        if result is None:
-            result, code_hashes, commit = self._materialize_and_execute(cycle, cdir, proposal)
-        return self._record(cycle, cdir, proposal, result, code_hashes, commit)
+        self.cycle = cycle
+        self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": True})
+        killed = reap_orphans(cdir) if cdir.exists() else 0
+        result = read_result(cdir) if cdir.exists() else None
+        if result is not None:
+            self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
+            commit = None
+            if (cdir / "version.json").exists():
+                commit = json.loads((cdir / "version.json").read_text()).get("commit")
+            params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
+            return Flight(cycle, proposal, cdir, params, result=result, commit=commit,
+                          code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
+        if cdir.exists():
+            # The trial did not finish: keep its partial files as evidence, then re-run it once.
+            attic = self.runs_dir / ".interrupted"
+            attic.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while (attic / f"{cdir.name}-attempt{n}").exists():
+                n += 1
+            aside = attic / f"{cdir.name}-attempt{n}"
+            os.replace(cdir, aside)
+            self.emit("recovered", {"cycle": cycle, "how": "re-run", "killed": killed, "evidence": str(aside)})
+        return self._launch(cycle, proposal, announce=False)
 
     def _invalid(self, failure: FailureClass, message: str) -> TrialResult:
         now = time.time()
         return TrialResult(status=TrialStatus.INVALID, failure=failure, message=message, started_at=now, ended_at=now)
 
-    def _materialize_and_execute(
-        self, cycle: int, cdir: Path, proposal: Proposal
-    ) -> tuple[TrialResult, dict[str, str], str | None]:
+    def _launch(self, cycle: int, proposal: Proposal, *, announce: bool = True) -> Flight:
+        """Materialize the cycle's code, guard it, and submit the trial (or settle it as invalid)."""
         cfg = self.cfg
+        cdir = self.cycle_dir(cycle)
+        self.cycle = cycle
+        if announce:
+            self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": False})
         self._phase("materialize")
         code = cdir / "code"
         cdir.mkdir(parents=True, exist_ok=True)
@@ -428,10 +501,12 @@ class Loop:
         snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
         best = self._best
         params = {**(best.proposal.params if best else {}), **proposal.params}
+        flight = Flight(cycle, proposal, cdir, params)
         write_json_atomic(cdir / "params.json", params)
         write_bytes_atomic(cdir / "config.json", self._config_bytes)
         if "agent_error" in proposal.meta:
-            return self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}"), {}, None
+            flight.result = self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}")
+            return flight
         # Re-apply the patches of the kept lineage, then this cycle's patch (guarded).
         for rec in self.history:
             if rec.kept and rec.proposal.patch:
@@ -445,29 +520,27 @@ class Loop:
                 msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
                 write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")
                 self.emit("guard", {"cycle": cycle, "verdict": "rejected", "reason": msg})
-                return self._invalid(FailureClass.GUARD_REJECTED, msg), {}, None
+                flight.result = self._invalid(FailureClass.GUARD_REJECTED, msg)
+                return flight
             self.emit("guard", {"cycle": cycle, "verdict": "accepted", "files": touched})
-        code_hashes = hash_files(code, cfg.files.frozen)
-        changed = [f for f, h in code_hashes.items() if self.frozen_hashes.get(f) != h]
+        flight.code_hashes = hash_files(code, cfg.files.frozen)
+        changed = [f for f, h in flight.code_hashes.items() if self.frozen_hashes.get(f) != h]
         if changed:
-            return (
-                self._invalid(
-                    FailureClass.FROZEN_MODIFIED,
-                    f"frozen file(s) {changed} differ from the version hashed when the run started; "
-                    "the evaluation can no longer be trusted. Restore them (e.g. `git checkout -- "
-                    + " ".join(changed)
-                    + "`) and `ralph-ml resume`.",
-                ),
-                code_hashes,
-                None,
+            flight.result = self._invalid(
+                FailureClass.FROZEN_MODIFIED,
+                f"frozen file(s) {changed} differ from the version hashed when the run started; "
+                "the evaluation can no longer be trusted. Restore them (e.g. `git checkout -- "
+                + " ".join(changed)
+                + "`) and `ralph-ml resume`.",
             )
-        commit = None
+            return flight
         if self.git is not None:
-            commit = self.git.commit_cycle(cycle, code, _commit_message(cycle, proposal, params))
-            write_json_atomic(cdir / "version.json", {"commit": commit, "branch": self.git.branch})
+            flight.commit = self.git.commit_cycle(cycle, code, _commit_message(cycle, proposal, params))
+            write_json_atomic(cdir / "version.json", {"commit": flight.commit, "branch": self.git.branch})
         timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
         if cfg.safeguards.total_time_limit_minutes is not None:
             timeout_s = max(1.0, min(timeout_s, cfg.safeguards.total_time_limit_minutes * 60 - self.elapsed_s))
+        flight.alloc = self.pool.allocate(cycle)
         spec = TrialSpec(
             run_id=self.run_id,
             cycle=cycle,
@@ -478,15 +551,29 @@ class Loop:
             params=params,
             seed=cfg.project.seed,
             timeout_s=timeout_s,
-            env=self._trial_env(cycle, cdir, params),
-            frozen_hashes=code_hashes,
+            env={**self._trial_env(cycle, cdir, params), **flight.alloc.env(self.pool.has_gpus)},
+            frozen_hashes=flight.code_hashes,
         )
         self._phase("execute", persist=True)
-        self.emit("trial_started", {"cycle": cycle, "params": params, "timeout_s": timeout_s})
-        handle = self.executor.submit(spec)
-        result = self._wait(handle, cdir, params)
-        self.emit("trial_ended", {"cycle": cycle, "status": result.status.value, "duration_s": result.duration_s})
-        return result, code_hashes, commit
+        self.emit("trial_started", {"cycle": cycle, "params": params, "timeout_s": timeout_s, "gpus": list(flight.alloc.gpus)})
+        try:
+            flight.handle = self.executor.submit(spec)
+        except BaseException:
+            self.pool.release(cycle)
+            raise
+        if self.pruner is not None:
+            flight.prune = self.pruner.start(params)
+            flight.reader = ProgressReader(cdir / "progress.jsonl")
+        threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
+        return flight
+
+    def _waiter(self, flight: Flight) -> None:
+        assert flight.handle is not None
+        try:
+            flight.result = flight.handle.wait(None)
+        except BaseException as exc:  # an executor bug must not hang the loop
+            flight.result = TrialResult(status=TrialStatus.FAILED, failure=FailureClass.CRASH, message=f"executor error: {exc}")
+        self._done.put(flight.cycle)
 
     def _trial_env(self, cycle: int, cdir: Path, params: dict[str, Any]) -> dict[str, str]:
         env = {
@@ -508,76 +595,88 @@ class Loop:
             env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
         return env
 
-    def _wait(self, handle: TrialHandle, cdir: Path, params: dict[str, Any]) -> TrialResult:
-        pruner, reader = self.pruner, None
-        prune: PruneVerdict | None = None
-        prune_at = 0.0
-        if pruner is not None:
-            pruner.start(params)
-            reader = ProgressReader(cdir / "progress.jsonl")
-        while True:
-            result = handle.wait(POLL_S)
-            if result is None and pruner is not None and reader is not None and not self._paused:
-                if prune is None:
-                    verdict = pruner.update(reader.new_rows())
-                    if verdict.prune:
-                        prune, prune_at = verdict, time.monotonic()
-                        # Ask the trial to stop (trial.report() returns True); terminate after the grace.
-                        write_json_atomic(cdir / "control.json", {"action": "stop", "reason": verdict.reason})
-                        self.emit("prune", {"cycle": self.cycle, "step": verdict.step, "reason": verdict.reason})
-                elif time.monotonic() - prune_at > self.cfg.pruning.grace_s:
-                    handle.cancel()
-            if result is not None:
-                if pruner is not None:
-                    self._pruned_cycle = self.cycle
-                    if prune is not None:
-                        result = _replace(
-                            result,
-                            status=TrialStatus.PRUNED,
-                            failure=FailureClass.NONE,
-                            message=f"pruned at step {prune.step}: {prune.reason}",
-                        )
-                    final = result.metrics.get(pruner.metric) if result.status is TrialStatus.OK else None
-                    pruner.finish(prune is not None, final)
-                return result
-            action = self.control.action()
-            if action == "stop":
-                self.emit("manual", {"action": "stop", "cycle": self.cycle})
-                handle.cancel()
-                res = handle.wait(None)
-                assert res is not None  # wait(None) blocks until the trial ends
-                return res
-            if action == "pause" and not self._paused:
-                handle.suspend()
-                self._paused = True
-                self._phase("paused", persist=True)
-                self.emit("manual", {"action": "pause", "cycle": self.cycle})
-            elif action != "pause" and self._paused:
-                handle.resume()
-                self._paused = False
-                self._phase("execute", persist=True)
-                self.emit("manual", {"action": "unpause", "cycle": self.cycle})
-
-    def _wait_if_paused(self) -> bool:
-        """Block while paused between cycles; True when a stop was requested."""
+    def _wait_any(self, flights: dict[int, Flight]) -> list[Flight]:
+        """Wait up to a poll interval for trials to end; apply manual control and pruning meanwhile."""
+        ready = [f for f in flights.values() if f.result is not None and f.handle is None]
+        if not ready:
+            cycles: list[int] = []
+            try:
+                cycles.append(self._done.get(timeout=POLL_S))
+                while True:
+                    cycles.append(self._done.get_nowait())
+            except queue.Empty:
+                pass
+            ready = [flights[c] for c in cycles if c in flights]
+        running = [f for f in flights.values() if f.handle is not None and f not in ready]
         action = self.control.action()
-        if action == "stop":
-            return True
-        if action != "pause":
-            return False
-        self._paused = True
-        self._phase("paused", persist=True)
-        self.emit("manual", {"action": "pause", "cycle": self.cycle})
-        while True:
-            time.sleep(POLL_S)
-            action = self.control.action()
-            if action == "stop":
-                self._paused = False
-                return True
-            if action != "pause":
-                self._paused = False
-                self.emit("manual", {"action": "unpause", "cycle": self.cycle})
-                return False
+        if action == "stop" and running:
+            self.emit("manual", {"action": "stop", "cycle": self.cycle})
+            for f in running:
+                f.handle.cancel()  # type: ignore[union-attr]
+        elif action == "pause" and not self._paused:
+            self._set_paused(True, flights)
+        elif action != "pause" and self._paused:
+            self._set_paused(False, flights)
+        if self.pruner is not None and not self._paused:
+            for f in running:
+                self._prune_check(f)
+        for f in ready:
+            self._settle(f)
+        return ready
+
+    def _prune_check(self, f: Flight) -> None:
+        assert self.pruner is not None and f.prune is not None and f.reader is not None and f.handle is not None
+        if f.prune_verdict is None:
+            verdict = self.pruner.update(f.prune, f.reader.new_rows())
+            if verdict.prune:
+                f.prune_verdict, f.prune_at = verdict, time.monotonic()
+                # Ask the trial to stop (trial.report() returns True); terminate it after the grace.
+                write_json_atomic(f.cdir / "control.json", {"action": "stop", "reason": verdict.reason})
+                self.emit("prune", {"cycle": f.cycle, "step": verdict.step, "reason": verdict.reason})
+        elif time.monotonic() - f.prune_at > self.cfg.pruning.grace_s:
+            f.handle.cancel()
+
+    def _settle(self, f: Flight) -> None:
+        """A trial ended: free its resources, apply the pruning verdict, close its pruner session."""
+        assert f.result is not None
+        if f.alloc is not None:  # the trial really ran
+            self.pool.release(f.cycle)
+            self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
+        f.handle = None
+        if self.pruner is not None and f.prune is not None:
+            if f.prune_verdict is not None:
+                f.result = _replace(
+                    f.result,
+                    status=TrialStatus.PRUNED,
+                    failure=FailureClass.NONE,
+                    message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
+                )
+            final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
+            self.pruner.finish(f.prune, f.prune_verdict is not None, final)
+            f.pruner_saw = True
+
+    def _collect(self, f: Flight) -> Decision:
+        assert f.result is not None
+        self.cycle = f.cycle
+        return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw)
+
+    def _drain(self, flights: dict[int, Flight]) -> None:
+        """The run is stopping: cancel what still runs and record it as cancelled (never lost)."""
+        for f in flights.values():
+            if f.handle is not None:
+                f.handle.cancel()
+        while flights:
+            for f in self._wait_any(flights):
+                del flights[f.cycle]
+                self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, final=True)  # type: ignore[arg-type]
+
+    def _set_paused(self, paused: bool, flights: dict[int, Flight]) -> None:
+        self._paused = paused
+        for f in flights.values():
+            if f.handle is not None:
+                (f.handle.suspend if paused else f.handle.resume)()
+        self._phase("paused" if paused else ("execute" if flights else "propose"), persist=True)
+        self.emit("manual", {"action": "pause" if paused else "unpause", "cycle": self.cycle})
 
     def _manual_stop(self) -> Decision:
         return Decision(
@@ -620,8 +719,18 @@ class Loop:
         return result, value
 
     def _record(
-        self, cycle: int, cdir: Path, proposal: Proposal, result: TrialResult, code_hashes: dict[str, str], commit: str | None
+        self,
+        cycle: int,
+        cdir: Path,
+        proposal: Proposal,
+        result: TrialResult,
+        code_hashes: dict[str, str],
+        commit: str | None,
+        *,
+        pruner_saw: bool = False,
+        final: bool = False,
     ) -> Decision:
+        """Analyze, decide and journal one finished cycle. ``final``: the run is already stopping."""
         cfg = self.cfg
         self._phase("analyze")
         result, metric = self._classify(result)
@@ -648,6 +757,9 @@ class Loop:
         history = [*self.history, record]
         self._phase("decide")
         d = self._decide(history, result, code_hashes)
+        if final and not d.stop:
+            d = Decision(action="stop", reason=self.last_decision.reason if self.last_decision else None,
+                         message="cancelled: the run stopped while this trial was in flight")
         write_json_atomic(cdir / "decision.json", {**d.to_dict(), "cycle": cycle, "verdict": verdict, "kept": kept, "exit_code": d.exit_code if d.stop else None})
         assert self.journal is not None
         self.journal.append(
@@ -661,7 +773,7 @@ class Loop:
             }
         )
         self._apply(record)
-        if self.pruner is not None and self._pruned_cycle != cycle:
+        if self.pruner is not None and not pruner_saw:
             self.pruner.observe(record)  # a cycle collected on resume: add its curve
         self.last_decision = d
         assert self.agent is not None

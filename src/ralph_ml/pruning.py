@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -151,9 +151,6 @@ class TrialPruner:
         self.runs_dir = runs_dir
         self.study = optuna.create_study(direction=self.direction.value, pruner=self._optuna_pruner())
         self.best_final: float | None = None
-        self._trial: optuna.trial.Trial | None = None
-        self._points: dict[int, float] = {}
-        self._last_step: int | None = None
         for rec in history:
             self.observe(rec)
 
@@ -188,10 +185,8 @@ class TrialPruner:
             )
         )
 
-    # -- the running trial --------------------------------------------------------------------
-    def start(self, params: Mapping[str, Any]) -> None:
-        self._trial = self.study.ask()
-        self._points = {}
+    # -- running trials ----------------------------------------------------------------------
+    def start(self, params: Mapping[str, Any]) -> PruneSession:
         pc = self.cfg.pruning
         last = pc.max_steps
         if pc.max_steps_param and pc.max_steps_param in params:
@@ -199,38 +194,38 @@ class TrialPruner:
                 last = int(params[pc.max_steps_param]) - 1  # steps are 0-based epochs
             except (TypeError, ValueError):
                 last = pc.max_steps
-        self._last_step = last
+        return PruneSession(trial=self.study.ask(), last_step=last)
 
-    def update(self, rows: Sequence[Mapping[str, Any]]) -> PruneVerdict:
-        if self._trial is None:
-            return PruneVerdict(False)
+    def update(self, session: PruneSession, rows: Sequence[Mapping[str, Any]]) -> PruneVerdict:
         new = curve(rows, self.metric)
         if not new:
             return PruneVerdict(False)
+        points = session.points
         for step, v in sorted(new.items()):
             if not math.isfinite(v):
                 return PruneVerdict(True, f"{self.metric} became {v} at step {step}: the trial diverged", step)
-            if step not in self._points:
-                self._trial.report(v, step)
-            self._points[step] = v
-        step = max(self._points)
+            if step not in points:
+                session.trial.report(v, step)
+            points[step] = v
+        step = max(points)
         if step < self.n_warmup_steps:
             return PruneVerdict(False)
         if self.kind == "forecast":
-            return self._forecast_verdict(step)
-        if self.kind != "none" and self._trial.should_prune():
+            return self._forecast_verdict(session, step)
+        if self.kind != "none" and session.trial.should_prune():
             return PruneVerdict(
                 True,
-                f"{self.kind} pruner: {self.metric} = {self._points[step]:.6g} at step {step} is worse than "
+                f"{self.kind} pruner: {self.metric} = {points[step]:.6g} at step {step} is worse than "
                 "the other trials at the same step",
                 step,
             )
         return PruneVerdict(False)
 
-    def _forecast_verdict(self, step: int) -> PruneVerdict:
-        if self.best_final is None or self._last_step is None or step >= self._last_step:
+    def _forecast_verdict(self, session: PruneSession, step: int) -> PruneVerdict:
+        last = session.last_step
+        if self.best_final is None or last is None or step >= last:
             return PruneVerdict(False)
-        fc = forecast(self._points, self._last_step)
+        fc = forecast(session.points, last)
         if fc is None:
             return PruneVerdict(False)
         pred, half = fc
@@ -239,18 +234,24 @@ class TrialPruner:
             return PruneVerdict(False)
         return PruneVerdict(
             True,
-            f"forecast: {self.metric} at step {self._last_step} ≈ {pred:.6g} ± {half:.3g}; even {optimistic:.6g} "
+            f"forecast: {self.metric} at step {last} ≈ {pred:.6g} ± {half:.3g}; even {optimistic:.6g} "
             f"cannot beat the best {self.best_final:.6g}",
             step,
         )
 
-    def finish(self, pruned: bool, final: float | None) -> None:
-        if self._trial is None:
-            return
+    def finish(self, session: PruneSession, pruned: bool, final: float | None) -> None:
         if pruned or final is None or not math.isfinite(final):
-            self.study.tell(self._trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(self._trial, final)
-            if self.best_final is None or self.direction.better(final, self.best_final):
-                self.best_final = final
-        self._trial = None
+            self.study.tell(session.trial, state=TrialState.PRUNED)
+            return
+        self.study.tell(session.trial, final)
+        if self.best_final is None or self.direction.better(final, self.best_final):
+            self.best_final = final
+
+
+@dataclass
+class PruneSession:
+    """One running trial as the pruner sees it."""
+
+    trial: optuna.trial.Trial
+    last_step: int | None
+    points: dict[int, float] = field(default_factory=dict)

@@ -45,7 +45,7 @@ def _check_ledger(root: Path, n: int) -> None:
 def test_sigkill_mid_trial_then_resume_reruns_the_trial_once(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "exec.log"
     root = exp(COUNTING, target=1.5, safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
-               execution={"env": {"EXEC_LOG": str(log), "SLEEP_S": "1.5"}})
+               execution={"env": {"EXEC_LOG": str(log), "SLEEP_S": "3"}})
     proc = ralph_bg(root, "start")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

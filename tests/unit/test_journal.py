@@ -22,7 +22,7 @@ def test_replay_rebuilds_records_and_in_flight(tmp_path: Path) -> None:
     j.close()
     rp = replay(tmp_path / "j.jsonl")
     assert rp.run["run_id"] == "r1" and [r.cycle for r in rp.records] == [1]
-    assert rp.in_flight is not None and rp.in_flight[0] == 2 and rp.in_flight[1].params == {"x": 2}
+    assert len(rp.in_flight) == 1 and rp.in_flight[0][0] == 2 and rp.in_flight[0][1].params == {"x": 2}
     assert rp.elapsed_s == 3.0
 
 

@@ -38,35 +38,35 @@ def test_forecast_needs_three_points() -> None:
 def test_median_pruner_stops_a_trial_below_the_median(tmp_path: Path) -> None:
     history = [write_curve(tmp_path, c, saturating(0.9)) for c in (1, 2, 3)]
     p = TrialPruner(cfg(pruner="median", n_startup_trials=2, n_warmup_steps=2), history, tmp_path)
-    p.start({})
+    s = p.start({})
     bad = saturating(0.3)
-    assert not p.update([{"step": 0, "acc": bad[0]}, {"step": 1, "acc": bad[1]}]).prune  # warm-up
-    v = p.update([{"step": 2, "acc": bad[2]}])
+    assert not p.update(s, [{"step": 0, "acc": bad[0]}, {"step": 1, "acc": bad[1]}]).prune  # warm-up
+    v = p.update(s, [{"step": 2, "acc": bad[2]}])
     assert v.prune and v.step == 2 and "median" in v.reason
-    p.finish(True, None)
-    p.start({})
+    p.finish(s, True, None)
+    s = p.start({})
     good = saturating(0.95)
-    assert not any(p.update([{"step": i, "acc": good[i]}]).prune for i in range(10))
+    assert not any(p.update(s, [{"step": i, "acc": good[i]}]).prune for i in range(10))
 
 
 def test_forecast_pruner_only_stops_when_it_cannot_win(tmp_path: Path) -> None:
     history = [write_curve(tmp_path, 1, saturating(0.9))]
     c = cfg(pruner="forecast", n_warmup_steps=3, max_steps_param="epochs")
     p = TrialPruner(c, history, tmp_path)
-    p.start({"epochs": 10})
+    s = p.start({"epochs": 10})
     hopeless = saturating(0.4)
-    verdicts = [p.update([{"step": i, "acc": hopeless[i]}]) for i in range(6)]
+    verdicts = [p.update(s, [{"step": i, "acc": hopeless[i]}]) for i in range(6)]
     assert any(v.prune for v in verdicts) and "forecast" in next(v for v in verdicts if v.prune).reason
-    p.finish(True, None)
-    p.start({"epochs": 10})
+    p.finish(s, True, None)
+    s = p.start({"epochs": 10})
     close = saturating(0.92)
-    assert not any(p.update([{"step": i, "acc": close[i]}]).prune for i in range(6))
+    assert not any(p.update(s, [{"step": i, "acc": close[i]}]).prune for i in range(6))
 
 
 def test_nan_in_the_curve_prunes_at_once(tmp_path: Path) -> None:
     p = TrialPruner(cfg(pruner="median"), [], tmp_path)
-    p.start({})
-    assert p.update([{"step": 0, "acc": "nan"}]).prune
+    s = p.start({})
+    assert p.update(s, [{"step": 0, "acc": "nan"}]).prune
 
 
 def test_progress_reader_returns_only_complete_new_rows(tmp_path: Path) -> None:

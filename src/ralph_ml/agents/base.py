@@ -20,8 +20,11 @@ class AgentContext:
     search_space: Mapping[str, Any]  # name -> config.Param
     target_name: str
     direction: str  # "maximize" | "minimize"
-    tokens_left: int | None = None
-    cost_left_usd: float | None = None
+    tokens_left: int | None = None  # of safeguards.token_budget_total (None: no budget)
+    cost_left_usd: float | None = None  # of safeguards.cost_budget_usd
+    tokens_left_cycle: int | None = None  # of safeguards.token_budget_per_cycle
+    cycle_dir: str | None = None  # runs/cycle_NNNN: agents write transcripts under agent/
+    pending: tuple[Proposal, ...] = ()  # proposals of the cycles in flight (parallel trials)
 
 
 class Agent(abc.ABC):

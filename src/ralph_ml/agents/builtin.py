@@ -84,8 +84,8 @@ class BuiltinAgent(Agent):
             direction="maximize" if cfg.target.dir.value == "maximize" else "minimize"
         )
         self.tried: set[tuple[tuple[str, Any], ...]] = set()
-        # The TPE trial behind the last proposal, told its result in observe().
-        self._asked: tuple[optuna.trial.Trial, tuple[tuple[str, Any], ...]] | None = None
+        # The TPE trials behind proposals in flight, told their result in observe().
+        self._asked: dict[tuple[tuple[str, Any], ...], optuna.trial.Trial] = {}
 
     # -- history -----------------------------------------------------------------------
     def observe(self, record: CycleRecord) -> None:
@@ -99,12 +99,10 @@ class BuiltinAgent(Agent):
         except Exception:
             return  # outside the current space (the space was edited): skip it
         ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
-        asked, self._asked = self._asked, None
-        if asked is not None and asked[1] == _key(params):
-            self.study.tell(asked[0], record.metric if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL)
-            return
+        asked = self._asked.pop(_key(params), None)
         if asked is not None:
-            self.study.tell(asked[0], state=TrialState.FAIL)  # proposed but never run as asked
+            self.study.tell(asked, record.metric if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL)
+            return
         self.study.add_trial(
             optuna.trial.create_trial(
                 params=params,
@@ -121,6 +119,7 @@ class BuiltinAgent(Agent):
             seed=seed,
             n_startup_trials=self.cfg.agents.n_startup_trials,
             multivariate=True,
+            constant_liar=True,  # parallel proposals avoid the configurations still running
         )
 
     def _baseline(self) -> dict[str, Any] | None:
@@ -153,12 +152,16 @@ class BuiltinAgent(Agent):
             if ctx.history:
                 raise AgentError("the search space is empty and the code has already run once; nothing new to propose")
             return Proposal(params={}, rationale="no search space declared: run the code as it is", agent=self.name)
+        # In-flight configurations count as tried (parallel trials must differ).
+        self.tried |= {_key({k: v for k, v in p.params.items() if k in self.dists}) for p in ctx.pending}
         baseline = self._baseline()
         if baseline is not None and _key(baseline) not in self.tried:
+            self.tried.add(_key(baseline))
             return Proposal(params=baseline, rationale="baseline: the default of every parameter", agent=self.name, meta={"source": "baseline"})
         steered = self._steered(ctx)
         if steered is not None:
             params, why = steered
+            self.tried.add(_key(params))
             return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "analysis", "steered": True})
         for attempt in range(_RESAMPLE_TRIES):
             self.study.sampler = self._sampler(ctx.cycle, attempt)
@@ -167,9 +170,8 @@ class BuiltinAgent(Agent):
             if _key(params) in self.tried:
                 self.study.tell(trial, state=TrialState.FAIL)  # a duplicate: never run
                 continue
-            if self._asked is not None:
-                self.study.tell(self._asked[0], state=TrialState.FAIL)
-            self._asked = (trial, _key(params))
+            self._asked[_key(params)] = trial
+            self.tried.add(_key(params))
             return Proposal(
                 params=params,
                 rationale=f"TPE sample (seed {self.seed}, cycle {ctx.cycle})"
