@@ -177,6 +177,14 @@ class Pruning(_Model):
     grace_s: float = Field(default=5.0, ge=0.0)  # after the stop request, then terminate
 
 
+class Noise(_Model):
+    """Noise-aware keeps: repeat runs with other seeds so seed luck is not mistaken for progress."""
+
+    baseline_repeats: int = Field(default=0, ge=0, le=20)  # extra seeds for the first successful cycle
+    confirm_repeats: int = Field(default=0, ge=0, le=20)  # extra seeds for a candidate new best
+    z: float = Field(default=2.0, ge=0.0)  # a gain must exceed z x the noise of the difference
+
+
 class Param(_Model):
     type: Literal["float", "int", "categorical"]
     low: Optional[float] = None
@@ -221,6 +229,7 @@ class Config(_Model):
     versioning: Versioning = Field(default_factory=Versioning)
     observability: Observability = Field(default_factory=Observability)
     pruning: Pruning = Field(default_factory=Pruning)
+    noise: Noise = Field(default_factory=Noise)
     search_space: dict[str, Param] = Field(default_factory=dict)
 
     @field_validator("search_space")

@@ -42,8 +42,38 @@ def best_of(history: Sequence[CycleRecord]) -> CycleRecord | None:
     return None
 
 
-def judge(metric: float | None, status: TrialStatus, best: CycleRecord | None, cfg: Config) -> tuple[bool, str]:
-    """(kept, verdict) for a cycle with this status and target metric, given the best so far."""
+def noise_std(history: Sequence[CycleRecord]) -> float | None:
+    """Pooled run-to-run standard deviation of the target metric over cycles run with several seeds."""
+    ss, dof = 0.0, 0
+    for rec in history:
+        if rec.result.status is TrialStatus.OK:
+            values = [v for v in rec.result.repeats if math.isfinite(v)]
+            if len(values) >= 2:
+                mean = sum(values) / len(values)
+                ss += sum((v - mean) ** 2 for v in values)
+                dof += len(values) - 1
+    return math.sqrt(ss / dof) if dof else None
+
+
+def required_gain(cfg: Config, noise: float | None, n: int, n_best: int) -> float:
+    """The smallest gain that counts: min_delta, or z x the noise of the difference of two means."""
+    delta = cfg.safeguards.min_improvement_delta
+    if noise is None:
+        return delta
+    return max(delta, cfg.noise.z * noise * math.sqrt(1.0 / n + 1.0 / n_best))
+
+
+def judge(
+    metric: float | None,
+    status: TrialStatus,
+    best: CycleRecord | None,
+    cfg: Config,
+    *,
+    noise: float | None = None,
+    n: int = 1,
+) -> tuple[bool, str]:
+    """(kept, verdict) for a cycle with this status and target metric (a mean over ``n`` seeds),
+    given the best so far and, when known, the run-to-run noise."""
     if status is not TrialStatus.OK or metric is None or not math.isfinite(metric):
         return False, status.value if status is not TrialStatus.OK else "failed"
     direction = cfg.target.dir
@@ -52,7 +82,8 @@ def judge(metric: float | None, status: TrialStatus, best: CycleRecord | None, c
         return False, "below_gate"
     if best is None or best.metric is None:
         return True, "kept"
-    if direction.better(metric, best.metric, cfg.safeguards.min_improvement_delta):
+    gain = required_gain(cfg, noise, n, max(1, len(best.result.repeats)))
+    if direction.better(metric, best.metric, gain):
         return True, "kept"
     return False, "discarded"
 

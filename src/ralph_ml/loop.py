@@ -639,8 +639,7 @@ class Loop:
     def _settle(self, f: Flight) -> None:
         """A trial ended: free its resources, apply the pruning verdict, close its pruner session."""
         assert f.result is not None
-        if f.alloc is not None:  # the trial really ran
-            self.pool.release(f.cycle)
+        if f.alloc is not None:  # the trial really ran (its resources are freed once it is recorded)
             self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
         f.handle = None
         if self.pruner is not None and f.prune is not None:
@@ -658,7 +657,10 @@ class Loop:
     def _collect(self, f: Flight) -> Decision:
         assert f.result is not None
         self.cycle = f.cycle
-        return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw)
+        try:
+            return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw)
+        finally:
+            self.pool.release(f.cycle)
 
     def _drain(self, flights: dict[int, Flight]) -> None:
         """The run is stopping: cancel what still runs and record it as cancelled (never lost)."""
@@ -669,6 +671,7 @@ class Loop:
             for f in self._wait_any(flights):
                 del flights[f.cycle]
                 self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, final=True)  # type: ignore[arg-type]
+                self.pool.release(f.cycle)
 
     def _set_paused(self, paused: bool, flights: dict[int, Flight]) -> None:
         self._paused = paused
@@ -737,7 +740,9 @@ class Loop:
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
             pass
-        kept, verdict = dec.judge(metric, result.status, self._best, cfg)
+        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=dec.noise_std(self.history))
+        if metric is not None and (cfg.noise.baseline_repeats or cfg.noise.confirm_repeats):
+            result, metric, kept, verdict = self._noise_check(cycle, cdir, result, metric, kept, verdict)
         self._write_metrics(cycle, cdir, result)
         progress = read_progress(cdir / "progress.jsonl")
         analysis = analyze(result, metric, kept, self.history, progress, cfg)
@@ -799,6 +804,59 @@ class Loop:
             },
         )
         return d
+
+    def _noise_check(
+        self, cycle: int, cdir: Path, result: TrialResult, metric: float, kept: bool, verdict: str
+    ) -> tuple[TrialResult, float, bool, str]:
+        """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds."""
+        nc = self.cfg.noise
+        first_ok = not any(r.metric is not None for r in self.history)
+        n = nc.baseline_repeats if first_ok else (nc.confirm_repeats if kept else 0)
+        if n == 0:
+            return result, metric, kept, verdict
+        self._phase("confirm")
+        values = self._repeats(cycle, cdir, n)
+        if not values:
+            return result, metric, kept, verdict
+        result = _replace(result, repeats=(metric, *values))
+        mean = sum(result.repeats) / len(result.repeats)
+        trial_rec = CycleRecord(cycle=cycle, proposal=Proposal(), result=result, metric=mean, kept=False, verdict="")
+        noise = dec.noise_std([*self.history, trial_rec])
+        kept2, verdict2 = dec.judge(mean, result.status, self._best, self.cfg, noise=noise, n=1 + len(values))
+        if kept and not kept2 and not first_ok:
+            verdict2 = "noise"  # the gain disappeared on re-run with other seeds
+        self.emit("noise", {"cycle": cycle, "first": metric, "repeats": values, "mean": mean, "noise_std": noise, "verdict": verdict2})
+        return result, mean, kept2, verdict2
+
+    def _repeats(self, cycle: int, cdir: Path, n: int) -> list[float]:
+        """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics."""
+        params = json.loads((cdir / "params.json").read_text())
+        out: list[float] = []
+        for k in range(1, n + 1):
+            seed = self.cfg.project.seed + k
+            rdir = cdir / "repeats" / f"seed_{seed}"
+            if rdir.exists():
+                shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
+            (rdir / "logs").mkdir(parents=True)
+            (rdir / "checkpoints").mkdir()
+            env = {**self._trial_env(cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
+            spec = TrialSpec(
+                run_id=self.run_id, cycle=cycle, cycle_dir=str(rdir), code_dir=str(cdir / "code"),
+                train_cmd=self.cfg.execution.train_cmd, eval_cmd=self.cfg.execution.eval_cmd, params=params,
+                seed=seed, timeout_s=self.cfg.safeguards.time_limit_per_cycle_minutes * 60, env=env,
+                frozen_hashes=hash_files(cdir / "code", self.cfg.files.frozen),
+            )
+            handle = self.executor.submit(spec)
+            res = handle.wait(POLL_S)
+            while res is None:
+                if self.control.action() == "stop":
+                    handle.cancel()
+                res = handle.wait(POLL_S)
+            res, value = self._classify(res)
+            if value is None:
+                break  # a failed repeat: judge on what we have
+            out.append(value)
+        return out
 
     def _decide(self, history: list[CycleRecord], result: TrialResult, code_hashes: dict[str, str]) -> Decision:
         if result.failure is FailureClass.FROZEN_MODIFIED:

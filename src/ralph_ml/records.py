@@ -165,6 +165,9 @@ class TrialResult(_Record):
     eval_seconds: float = 0.0
     message: str = ""
     stderr_tail: str = ""
+    # The target metric of every seed when the trial was repeated (noise-aware keeps), the
+    # first run included; the cycle's metric is their mean. Empty: run once.
+    repeats: tuple[float, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -177,6 +180,7 @@ class TrialResult(_Record):
         kw["status"] = TrialStatus(kw["status"])
         kw["failure"] = FailureClass(kw.get("failure", "none"))
         kw["metrics"] = _unclean_metrics(kw.get("metrics", {}))
+        kw["repeats"] = tuple(float(v) for v in kw.get("repeats", ()))
         return cls(**kw)
 
 

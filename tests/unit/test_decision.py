@@ -109,3 +109,20 @@ def test_continue_cites_a_high_confidence_recommendation() -> None:
                                           (StopReason.CIRCUIT_BREAKER, 2), (StopReason.PLATEAU, 3), (StopReason.FROZEN_BROKEN, 4)])
 def test_exit_codes_of_the_cli_contract(reason: StopReason, code: int) -> None:
     assert reason.exit_code == code
+
+
+def test_noise_aware_keep_needs_a_gain_beyond_the_noise() -> None:
+    c = Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 0.99}},
+                               "safeguards": {"min_improvement_delta": 0.001}, "noise": {"z": 2.0}})
+    base = CycleRecord(cycle=1, proposal=Proposal(), metric=0.90, kept=True, verdict="kept",
+                       result=TrialResult(status=TrialStatus.OK, repeats=(0.88, 0.90, 0.92)))
+    from ralph_ml.decision import noise_std
+    sd = noise_std([base])
+    assert sd is not None and abs(sd - 0.02) < 1e-9
+    # +0.02 on one seed is inside the noise (needs 2 * 0.02 * sqrt(1 + 1/3) = 0.046)
+    assert judge(0.92, TrialStatus.OK, base, c, noise=sd, n=1) == (False, "discarded")
+    assert judge(0.95, TrialStatus.OK, base, c, noise=sd, n=1) == (True, "kept")
+    # with three seeds the bar drops to 2 * 0.02 * sqrt(2/3) = 0.033
+    assert judge(0.935, TrialStatus.OK, base, c, noise=sd, n=3) == (True, "kept")
+    # without a noise estimate only min_delta applies
+    assert judge(0.902, TrialStatus.OK, base, c) == (True, "kept")
