@@ -28,7 +28,7 @@ def trial_path_env() -> str:
     return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
-def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport) -> None:
+def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport, will_write: tuple[str, ...] = ()) -> None:
     try:
         argv = shlex.split(cmd)
     except ValueError as exc:
@@ -48,6 +48,9 @@ def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport) -> None:
         )
     for arg in argv[1:]:
         if arg.endswith((".py", ".sh")) and not arg.startswith("-") and not (ws / arg).exists():
+            if arg in will_write:
+                rep.info.append(f"execution.{name}: {arg} does not exist yet; the code agent writes it in cycle 1")
+                continue
             rep.errors.append(f"execution.{name}: script {arg!r} does not exist in the workspace {ws}")
     rep.info.append(f"execution.{name}: {cmd}")
 
@@ -70,9 +73,14 @@ def check_workspace(cfg: Config) -> CheckReport:
     overlap = set(cfg.files.frozen) & set(cfg.files.mutable)
     if overlap:
         rep.errors.append(f"files listed both frozen and mutable: {sorted(overlap)}; a file is one or the other")
-    _check_cmd("train_cmd", cfg.execution.train_cmd, ws, rep)
+    from .agents import agent_checks, writes_code
+
+    # An LLM/CLI code agent writes missing mutable files from program.md (or IDEA.md) in cycle 1.
+    has_program = any((ws / n).is_file() for n in ("program.md", "IDEA.md"))
+    will_write = tuple(cfg.files.mutable) if writes_code(cfg) and has_program else ()
+    _check_cmd("train_cmd", cfg.execution.train_cmd, ws, rep, will_write)
     if cfg.execution.eval_cmd:
-        _check_cmd("eval_cmd", cfg.execution.eval_cmd, ws, rep)
+        _check_cmd("eval_cmd", cfg.execution.eval_cmd, ws, rep, will_write)
     if cfg.execution.prepare_cmd:
         _check_cmd("prepare_cmd", cfg.execution.prepare_cmd, ws, rep)
     if not cfg.search_space:
@@ -80,9 +88,12 @@ def check_workspace(cfg: Config) -> CheckReport:
     if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:
         from .agents import available_agents
 
-        if cfg.agent_name not in available_agents():
+        if cfg.agent_name not in available_agents() and ":" not in cfg.agent_name:
             rep.errors.append(
                 f"agents.code_model = {cfg.agent_name!r} is not available in this release "
                 f"(available: {', '.join(available_agents())})"
             )
+    errors, warnings = agent_checks(cfg)
+    rep.errors += errors
+    rep.warnings += warnings
     return rep

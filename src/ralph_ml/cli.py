@@ -119,12 +119,35 @@ def _install_signal_stop(state_dir: Path) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _run(loop_factory: Any, cfg: Config) -> None:
+PlainOpt = typer.Option(False, "--plain", help="Line-per-event output even on a terminal (always so when stdout is not one).")
+
+
+def _live_ok(plain: bool) -> bool:
+    """The live view needs a real terminal; CI, nohup and log files get plain lines."""
+    return not plain and console.is_terminal and not console.is_dumb_terminal
+
+
+def _run(loop_factory: Any, cfg: Config, plain: bool = False) -> None:
     from .loop import Loop
 
     _install_signal_stop(cfg.path(cfg.paths.state))
-    loop: Loop = loop_factory(cfg, LinePrinter(cfg))
-    d = loop.run()
+    if not _live_ok(plain):
+        loop: Loop = loop_factory(cfg, LinePrinter(cfg))
+        d = loop.run()
+        raise typer.Exit(d.exit_code)
+    from .live import EventQueue, LiveDisplay, RunView
+
+    view = RunView.for_config(cfg)
+    view.seed_from_journal()
+    queue = EventQueue()  # the loop's callback only appends; the display thread renders
+    display = LiveDisplay(view, console, queue.drain).start()
+    try:
+        loop = loop_factory(cfg, queue)
+        d = loop.run()
+    finally:
+        display.close()
+    if view.stopped is not None:
+        LinePrinter(cfg)("run_stopped", view.stopped)
     raise typer.Exit(d.exit_code)
 
 
@@ -187,13 +210,13 @@ def validate(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @app.command()
-def start(config: Optional[Path] = ConfigOpt) -> None:
+def start(config: Optional[Path] = ConfigOpt, plain: bool = PlainOpt) -> None:
     """Start a run: cycles until a stop rule fires (exit 0 target met/manual, 2 safeguard, 3 plateau, 4 error)."""
     from .loop import Loop
 
     try:
         cfg = _cfg(config)
-        _run(Loop.start, cfg)
+        _run(Loop.start, cfg, plain)
     except RalphError as exc:
         _fail(exc)
 
@@ -202,15 +225,73 @@ def start(config: Optional[Path] = ConfigOpt) -> None:
 def resume(
     state: Optional[Path] = typer.Option(None, "--state", help="state/ralph_state.json of the run to resume."),
     config: Optional[Path] = ConfigOpt,
+    plain: bool = PlainOpt,
 ) -> None:
     """Continue a run after a crash, a stop, or a change of safeguards."""
     from .loop import Loop
 
     try:
         cfg = _cfg_from_state(state, config)
-        _run(Loop.resume, cfg)
+        _run(Loop.resume, cfg, plain)
     except RalphError as exc:
         _fail(exc)
+
+
+@app.command()
+def watch(config: Optional[Path] = ConfigOpt, plain: bool = PlainOpt) -> None:
+    """Follow a run started elsewhere, read-only (the live view, or lines with --plain); exit with its exit code."""
+    from .live import EventQueue, LiveDisplay, RunView, follow_run
+
+    try:
+        cfg = _cfg(config)
+        if not _live_ok(plain):
+            printer = LinePrinter(cfg)
+
+            def deliver(events: list[dict[str, Any]]) -> None:
+                for ev in events:
+                    printer(str(ev.get("kind")), ev)
+
+            code = follow_run(cfg, deliver)
+        else:
+            view = RunView.for_config(cfg)
+            view.seed_from_journal()
+            queue = EventQueue()
+            display = LiveDisplay(view, console, queue.drain, show_waiting=True).start()
+            try:
+                code = follow_run(cfg, queue.extend)
+            finally:
+                display.close()
+            if view.stopped is not None:
+                LinePrinter(cfg)("run_stopped", view.stopped)
+    except RalphError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8765, "--port", help="Port to listen on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default is reachable from this machine only."),
+    root: Optional[list[Path]] = typer.Option(None, "--root", help="An experiment folder, or a folder of experiments; repeat for several (default: the current folder)."),
+) -> None:
+    """Serve a read-only web dashboard: runs, cycle table, charts, phase and the running trial's log."""
+    from .dashboard import make_server
+
+    roots = [p.resolve() for p in (root or [Path.cwd()])]
+    try:
+        server = make_server(roots, host=host, port=port)
+    except OSError as exc:
+        _fail(ConfigError(f"cannot listen on {host}:{port} ({exc}); pick another --port (0 = any free port)"))
+    n = len(server.store.discover())
+    console.print(f"dashboard: {server.url} · {n} run(s) under {', '.join(map(str, roots))} · read-only; Ctrl-C stops it", soft_wrap=True)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -122,14 +122,62 @@ class Execution(_Model):
         return v
 
 
+class LLMAgent(_Model):
+    """``[agents.llm]``: the ``openai`` agent and analyst (any OpenAI-compatible endpoint).
+
+    The prompt and memory settings (``prompts_dir``, ``*_chars``, ``history_rows``) are
+    shared by the CLI coding agents.
+    """
+
+    base_url: Optional[str] = None  # None: the client's default (OPENAI_BASE_URL or api.openai.com)
+    model: str = Field(default="gpt-4o-mini", min_length=1)
+    api_key_env: str = "OPENAI_API_KEY"  # name of the variable read at call time; "" = no key
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=4096, ge=16)  # completion tokens per call, capped by budgets
+    timeout_s: float = Field(default=120.0, gt=0.0)  # per HTTP request
+    max_retries: int = Field(default=3, ge=0)  # network errors, 429, 5xx
+    retry_backoff_s: float = Field(default=2.0, ge=0.0)  # first wait; doubles per retry
+    retry_max_wait_s: float = Field(default=60.0, ge=0.0)  # cap, also on Retry-After
+    max_corrections: int = Field(default=2, ge=0, le=5)  # invalid replies sent back for a fix
+    mode: Literal["hybrid", "params", "patch"] = "hybrid"
+    hybrid_patch_after: int = Field(default=2, ge=1)  # no-improvement streak that switches to patches
+    max_invalid_patches: int = Field(default=2, ge=1)  # invalid patches in a row: back to params
+    baseline_first: bool = True  # cycle 1 runs the search-space defaults without a call
+    structured_output: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    prompts_dir: Optional[str] = None  # folder of *.md templates overriding the packaged ones
+    price_per_1k_input: float = Field(default=0.0, ge=0.0)  # USD per 1000 prompt tokens
+    price_per_1k_output: float = Field(default=0.0, ge=0.0)  # USD per 1000 completion tokens
+    prompt_budget_chars: int = Field(default=60_000, ge=2_000)  # the whole prompt, hard cap
+    code_budget_chars: int = Field(default=24_000, ge=500)  # current best code in the prompt
+    history_rows: int = Field(default=15, ge=1)  # last cycles in the history table (+ best ones)
+    log_tail_chars: int = Field(default=3_000, ge=200)  # stdout/stderr tail given to the analyst
+
+
+class CLIAgents(_Model):
+    """``[agents.cli]``: the coding-agent CLIs claude-code, opencode, codex and aider."""
+
+    command: Optional[str] = None  # the executable; default: claude / opencode / codex / aider
+    model: Optional[str] = None  # passed as the CLI's --model
+    timeout_s: float = Field(default=1800.0, gt=0.0)  # per run; the process group is killed
+    kill_grace_s: float = Field(default=5.0, ge=0.0)
+    allow_pip: bool = False  # let the agent run `pip install`
+    allow_uv: bool = False  # let the agent run `uv pip install`
+    max_turns: Optional[int] = Field(default=None, ge=1)  # claude-code only
+    extra_args: list[str] = Field(default_factory=list)
+    price_per_1k_input: float = Field(default=0.0, ge=0.0)  # when the CLI reports tokens but no cost
+    price_per_1k_output: float = Field(default=0.0, ge=0.0)
+
+
 class Agents(_Model):
-    code_model: str = "builtin"  # which agent proposes: builtin (default, offline)
-    analysis_model: str = "builtin"
+    code_model: str = "builtin"  # which agent proposes: builtin, openai, claude-code, opencode, codex, aider
+    analysis_model: str = "builtin"  # builtin, openai or a CLI agent name
     thinking: str = "medium"
     # Extra keys of seed 001 (opencode_model) are accepted as aliases of code_model.
     opencode_model: Optional[str] = None
     n_startup_trials: int = Field(default=5, ge=0)  # random trials before TPE models the space
     steer: bool = True  # follow high-confidence analysis recommendations one step
+    llm: LLMAgent = Field(default_factory=LLMAgent)
+    cli: CLIAgents = Field(default_factory=CLIAgents)
 
 
 class Paths(_Model):
@@ -157,10 +205,51 @@ class Versioning(_Model):
     git: Union[bool, Literal["auto"]] = "auto"
 
 
+LOGGERS = ("none", "stdout", "tensorboard", "mlflow", "wandb")
+
+
+class MlflowLogger(_Model):
+    # None: sqlite:///<paths.state>/mlflow.db. A relative sqlite path is relative to the experiment root.
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None  # None: project.name
+    artifact_location: Optional[str] = None  # None: <paths.state>/mlflow-artifacts (new experiments only)
+    registered_model: Optional[str] = None  # None: project.name
+    log_models: bool = True  # register kept cycles' checkpoints/ as model versions (alias `champion`)
+
+
+class TensorboardLogger(_Model):
+    log_dir: str = "runs/tensorboard"  # one sub-folder per run id
+
+
+class WandbLogger(_Model):
+    project: Optional[str] = None  # None: project.name
+    entity: Optional[str] = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    dir: Optional[str] = None  # None: <paths.state> (wandb writes <dir>/wandb/)
+
+
 class Observability(_Model):
-    logger: str = "none"
+    # One name or a list among LOGGERS; the seed spec's single string still loads.
+    logger: list[str] = Field(default_factory=list)
     save_stdout: bool = True
     emit_events_jsonl: bool = True
+    timeline: bool = True  # reports/timeline.json (Chrome trace, open in ui.perfetto.dev)
+    mlflow: MlflowLogger = Field(default_factory=MlflowLogger)
+    tensorboard: TensorboardLogger = Field(default_factory=TensorboardLogger)
+    wandb: WandbLogger = Field(default_factory=WandbLogger)
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _loggers(cls, v: Any) -> Any:
+        names = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(names, list):
+            return v
+        for n in names:
+            if not isinstance(n, str) or n.lower() not in LOGGERS:
+                close = difflib.get_close_matches(str(n).lower(), LOGGERS, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown logger {n!r}; choose among {', '.join(LOGGERS)}.{hint}")
+        return [n.lower() for n in names if n.lower() not in ("none", "")]
 
 
 class Pruning(_Model):
@@ -175,6 +264,12 @@ class Pruning(_Model):
     max_steps: Optional[int] = Field(default=None, ge=1)  # forecast: the planned last step
     max_steps_param: Optional[str] = None  # ... or read it from this param (e.g. "epochs")
     grace_s: float = Field(default=5.0, ge=0.0)  # after the stop request, then terminate
+
+
+class Branching(_Model):
+    """Code-changing cycles may branch from any recorded version, not only the best."""
+
+    max_fix_attempts: int = Field(default=2, ge=0)  # times a failed version may be handed back for a fix
 
 
 class Noise(_Model):
@@ -230,6 +325,7 @@ class Config(_Model):
     observability: Observability = Field(default_factory=Observability)
     pruning: Pruning = Field(default_factory=Pruning)
     noise: Noise = Field(default_factory=Noise)
+    branching: Branching = Field(default_factory=Branching)
     search_space: dict[str, Param] = Field(default_factory=dict)
 
     @field_validator("search_space")

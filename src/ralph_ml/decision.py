@@ -29,8 +29,8 @@ class Usage:
 def usage_of(history: Sequence[CycleRecord], elapsed_s: float) -> Usage:
     return Usage(
         elapsed_s=elapsed_s,
-        tokens=sum(r.proposal.tokens_used for r in history),
-        cost_usd=sum(r.proposal.cost_usd for r in history),
+        tokens=sum(r.tokens_used for r in history),
+        cost_usd=sum(r.cost_usd for r in history),
     )
 
 
@@ -169,7 +169,36 @@ def _no_improvement_streak(history: Sequence[CycleRecord]) -> int:
 
 
 def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
-    """The decision after the last cycle of ``history`` was recorded."""
+    """The decision after the last cycle of ``history`` was recorded.
+
+    With an analysis agent (``agents.analysis_model`` not builtin) the spec's continue rule
+    applies too: after a successful cycle that did not improve, the run goes on only when
+    the analysis has a high-confidence recommendation (else: plateau, exit 3). The agent's
+    own continue/stop is advice, recorded in the evidence, never obeyed.
+    """
+    d = _after_cycle_rules(history, cfg, usage)
+    if not history:
+        return d
+    last = history[-1]
+    a = last.analysis
+    if not d.stop and cfg.agents.analysis_model != "builtin" and last.result.status is TrialStatus.OK and not last.kept:
+        if not any(r.confidence == "high" for r in (a.recommendations if a else ())):
+            d = _stop(
+                StopReason.PLATEAU,
+                f"cycle {last.cycle} did not improve {cfg.target.name} and its analysis "
+                f"({a.agent if a else 'none'}) has no high-confidence recommendation; with an analysis agent the run "
+                "continues only while the metric improves or a recommendation is high-confidence (seed 000). "
+                f"Analysis: runs/cycle_{last.cycle:04d}/analysis.md",
+                cycle=last.cycle, analysis_agent=a.agent if a else None,
+                recommendations=[r.to_dict() for r in (a.recommendations if a else ())][:3],
+            )
+    if a is not None and a.advice:
+        advice = {"agent": a.agent, "advice": a.advice, "diagnosis": a.diagnosis}
+        d = Decision(action=d.action, reason=d.reason, message=d.message, evidence={**d.evidence, "analysis_advice": advice})
+    return d
+
+
+def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
     if not history:
         return Decision(action="continue", message="no cycle yet")
     sg = cfg.safeguards

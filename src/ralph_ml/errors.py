@@ -26,7 +26,19 @@ class StateError(RalphError):
 
 
 class AgentError(RalphError):
-    """An agent could not produce a proposal."""
+    """An agent could not produce a proposal (or an analysis).
+
+    ``tokens_used``/``cost_usd`` are what the failed attempt still spent (counted in the
+    budgets); ``meta`` lands in the invalid cycle's proposal (e.g. the mode it was in).
+    """
+
+    def __init__(
+        self, message: str, *, tokens_used: int = 0, cost_usd: float = 0.0, meta: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.tokens_used = tokens_used
+        self.cost_usd = cost_usd
+        self.meta: dict[str, object] = dict(meta or {})
 
 
 class ExecutorError(RalphError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import queue
 import threading
+import traceback
 from dataclasses import dataclass, field
 import json
 import math
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import decision as dec
-from .agents import Agent, AgentContext, get_agent
+from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst, run_analyst
 from .analysis import analyze, read_progress, render_markdown
 from .checks import check_workspace, trial_path_env
 from .config import Config
@@ -80,6 +81,7 @@ class Flight:
     prune_verdict: PruneVerdict | None = None
     prune_at: float = 0.0
     pruner_saw: bool = False
+    parent: int | None = None  # the version this cycle's code derives from
 
 
 class Loop:
@@ -109,6 +111,7 @@ class Loop:
         self.cycle = 0
         self.git: GitVersions | None = None
         self.agent: Agent | None = None
+        self.analyst: Analyst | None = None  # None: the built-in analysis only
         self.journal: Journal | None = None
         self.last_decision: Decision | None = None
         self._lock_fd: int | None = None
@@ -118,6 +121,7 @@ class Loop:
         self._cost = 0.0
         self._verdicts: dict[str, int] = {}
         self._best: CycleRecord | None = None
+        self._by_cycle: dict[int, CycleRecord] = {}
         self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self.pruner: TrialPruner | None = None
@@ -130,8 +134,9 @@ class Loop:
     def _apply(self, record: CycleRecord) -> None:
         """Add a recorded cycle to the in-memory history and the running totals."""
         self.history.append(record)
-        self._tokens += record.proposal.tokens_used
-        self._cost += record.proposal.cost_usd
+        self._by_cycle[record.cycle] = record
+        self._tokens += record.tokens_used
+        self._cost += record.cost_usd
         self._verdicts[record.verdict] = self._verdicts.get(record.verdict, 0) + 1
         if record.kept:
             self._best = record
@@ -194,6 +199,7 @@ class Loop:
             loop._write_run_env()
             loop._prepare()
             loop.agent = get_agent(cfg)
+            loop.analyst = get_analyst(cfg)
             if cfg.pruning.pruner != "none":
                 loop.pruner = TrialPruner(cfg, [], loop.runs_dir)
             loop._open_sinks()
@@ -235,6 +241,7 @@ class Loop:
             loop._setup_git()
             loop.control.clear()
             loop.agent = get_agent(cfg)
+            loop.analyst = get_analyst(cfg)
             for rec in loop.history:
                 loop.agent.observe(rec)
             if cfg.pruning.pruner != "none":
@@ -417,15 +424,22 @@ class Loop:
             if d.stop:
                 return d
             cycle = max([0, *(r.cycle for r in self.history), *flights]) + 1
+            self._exhausted, self._agent_stop = "", None
             proposal = self._propose(cycle, flights)
             if proposal is None:
-                return Decision(action="stop", reason=StopReason.SEARCH_EXHAUSTED, message=self._exhausted)
+                if self._agent_stop is not None:
+                    return self._agent_stop
+                if flights and not self._exhausted:
+                    return None  # the agent waits for a result in flight
+                message = self._exhausted or "the agent had nothing to propose and no cycle is in flight"
+                return Decision(action="stop", reason=StopReason.SEARCH_EXHAUSTED, message=message)
             assert self.journal is not None
             self.journal.append({"type": "cycle_started", "ts": time.time(), "cycle": cycle, "proposal": proposal.to_dict()})
             flights[cycle] = self._launch(cycle, proposal)
         return None
 
     _exhausted = ""
+    _agent_stop: Decision | None = None  # set when the agent cannot afford a call (budgets)
 
     def _propose(self, cycle: int, flights: dict[int, Flight]) -> Proposal | None:
         self.cycle = cycle
@@ -441,9 +455,14 @@ class Loop:
             search_space=self.cfg.search_space,
             target_name=self.cfg.target.name,
             direction=self.cfg.target.dir.value,
-            tokens_left=None if sg.token_budget_total is None else sg.token_budget_total - usage.tokens,
-            cost_left_usd=None if sg.cost_budget_usd is None else sg.cost_budget_usd - usage.cost_usd,
+            # Tokens of proposals in flight are spent too, though their cycles are not recorded yet.
+            tokens_left=None if sg.token_budget_total is None
+            else sg.token_budget_total - usage.tokens - sum(f.proposal.tokens_used for f in flights.values()),
+            cost_left_usd=None if sg.cost_budget_usd is None
+            else sg.cost_budget_usd - usage.cost_usd - sum(f.proposal.cost_usd for f in flights.values()),
             pending=tuple(f.proposal for f in flights.values()),
+            tokens_left_cycle=sg.token_budget_per_cycle,
+            cycle_dir=str(self.cycle_dir(cycle)),
         )
         try:
             return self.agent.propose(ctx)
@@ -451,7 +470,22 @@ class Loop:
             if "exhausted" in str(exc):
                 self._exhausted = str(exc)
                 return None
-            return Proposal(agent=self.agent.name, rationale="agent error", meta={"agent_error": str(exc)})
+            budget = exc.meta.get("budget_stop")
+            if budget in ("tokens", "cost"):  # the agent cannot afford a single call: stop, record nothing
+                reason = StopReason.TOKEN_BUDGET if budget == "tokens" else StopReason.COST_BUDGET
+                self._agent_stop = Decision(action="stop", reason=reason, message=str(exc), evidence={"cycle": cycle})
+                return None
+            return Proposal(
+                agent=self.agent.name, rationale="agent error", tokens_used=exc.tokens_used, cost_usd=exc.cost_usd,
+                meta={**exc.meta, "agent_error": str(exc)},
+            )
+        except Exception as exc:  # agents are untrusted: a bug in one is a recorded cycle, not a crash
+            where = "".join(traceback.format_exception(exc)[-3:]).strip()
+            return Proposal(
+                agent=self.agent.name,
+                rationale="agent error",
+                meta={"agent_error": f"{type(exc).__name__}: {exc} (in the agent's propose(); last frames:\n{where})"},
+            )
 
     def _recover(self, cycle: int, proposal: Proposal) -> Flight:
         """A cycle the journal says started but never recorded: collect it once, or re-run it once."""
@@ -462,11 +496,10 @@ class Loop:
         result = read_result(cdir) if cdir.exists() else None
         if result is not None:
             self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
-            commit = None
-            if (cdir / "version.json").exists():
-                commit = json.loads((cdir / "version.json").read_text()).get("commit")
+            version = json.loads((cdir / "version.json").read_text()) if (cdir / "version.json").exists() else {}
+            commit, parent = version.get("commit"), version.get("parent")
             params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
-            return Flight(cycle, proposal, cdir, params, result=result, commit=commit,
+            return Flight(cycle, proposal, cdir, params, result=result, commit=commit, parent=parent,
                           code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
         if cdir.exists():
             # The trial did not finish: keep its partial files as evidence, then re-run it once.
@@ -499,23 +532,27 @@ class Loop:
         if code.exists():  # a leftover from an interrupted attempt: start clean
             shutil.rmtree(code)
         snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
-        best = self._best
-        params = {**(best.proposal.params if best else {}), **proposal.params}
-        flight = Flight(cycle, proposal, cdir, params)
+        parent, refused = self._parent_of(proposal, cycle)
+        params = {**self._params_of(parent), **proposal.params}
+        flight = Flight(cycle, proposal, cdir, params, parent=parent)
         write_json_atomic(cdir / "params.json", params)
+        write_json_atomic(cdir / "version.json", {"parent": parent})
         write_bytes_atomic(cdir / "config.json", self._config_bytes)
         if "agent_error" in proposal.meta:
             flight.result = self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}")
             return flight
-        # Re-apply the patches of the kept lineage, then this cycle's patch (guarded).
-        for rec in self.history:
-            if rec.kept and rec.proposal.patch:
-                apply_patch(code, rec.proposal.patch)
+        if refused:
+            flight.result = self._invalid(FailureClass.AGENT_ERROR, refused)
+            return flight
+        # The parent version's code: its ancestors' patches from the workspace down, in order.
+        for patch in self._chain(parent):
+            apply_patch(code, patch)
         if proposal.patch:
             write_text_atomic(cdir / "patch.diff", proposal.patch)
             self._phase("guard")
             try:
-                touched = guard_patch(code, proposal.patch, mutable=cfg.files.mutable, frozen=cfg.files.frozen)
+                # PLAN.md is the code agent's plan (seed 003): writable like the mutable files.
+                touched = guard_patch(code, proposal.patch, mutable=[*cfg.files.mutable, "PLAN.md"], frozen=cfg.files.frozen)
             except GuardRejected as exc:
                 msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
                 write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")
@@ -536,7 +573,7 @@ class Loop:
             return flight
         if self.git is not None:
             flight.commit = self.git.commit_cycle(cycle, code, _commit_message(cycle, proposal, params))
-            write_json_atomic(cdir / "version.json", {"commit": flight.commit, "branch": self.git.branch})
+            write_json_atomic(cdir / "version.json", {"parent": parent, "commit": flight.commit, "branch": self.git.branch})
         timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
         if cfg.safeguards.total_time_limit_minutes is not None:
             timeout_s = max(1.0, min(timeout_s, cfg.safeguards.total_time_limit_minutes * 60 - self.elapsed_s))
@@ -567,6 +604,63 @@ class Loop:
         threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
         return flight
 
+    def _parent_of(self, proposal: Proposal, cycle: int) -> tuple[int | None, str | None]:
+        """The version a proposal builds on (default: the best), and why it is refused, if it is.
+
+        A refused proposal keeps the parent it asked for, so the version tree shows the attempt."""
+        if "parent" not in proposal.meta:
+            return (self._best.cycle if self._best else None), None
+        parent = proposal.meta["parent"]
+        if parent is None:
+            return None, None  # the workspace as it is
+        rec = self._by_cycle.get(parent) if isinstance(parent, int) else None
+        if rec is None:
+            return None, (
+                f"the proposal's parent version {parent!r} is not a recorded cycle "
+                f"(recorded: {sorted(self._by_cycle)[-10:]}); branch from a recorded cycle or from None (the workspace)"
+            )
+        if rec.result.status is TrialStatus.INVALID:
+            return parent, f"parent version {parent} never ran ({rec.result.failure.value}): its code is not a version to build on"
+        if rec.metric is None:
+            if proposal.meta.get("fix_of") != parent:
+                return parent, (
+                    f"parent version {parent} failed ({rec.result.failure.value}); hand it back for a fix with "
+                    f'meta {{"parent": {parent}, "fix_of": {parent}}}, or branch from a version that worked'
+                )
+            tries = sum(1 for r in self.history if r.proposal.meta.get("fix_of") == parent)
+            limit = self.cfg.branching.max_fix_attempts
+            if tries >= limit:
+                return parent, (
+                    f"version {parent} was already handed back for a fix {tries} time(s) "
+                    f"(branching.max_fix_attempts = {limit}); branch from another version"
+                )
+        return parent, None
+
+    def _chain(self, version: int | None) -> list[str]:
+        """Patches from the workspace down to ``version`` (its ancestors first)."""
+        patches: list[str] = []
+        seen: set[int] = set()
+        while version is not None and version not in seen:
+            seen.add(version)
+            rec = self._by_cycle.get(version)
+            if rec is None:
+                break
+            if rec.proposal.patch:
+                patches.append(rec.proposal.patch)
+            version = rec.parent
+        return patches[::-1]
+
+    def _params_of(self, version: int | None) -> dict[str, Any]:
+        if version is None:
+            return {}
+        path = self.cycle_dir(version) / "params.json"
+        try:
+            loaded = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            rec = self._by_cycle.get(version)
+            return dict(rec.proposal.params) if rec else {}
+        return loaded if isinstance(loaded, dict) else {}
+
     def _waiter(self, flight: Flight) -> None:
         assert flight.handle is not None
         try:
@@ -593,6 +687,9 @@ class Loop:
         }
         for name, value in params.items():
             env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+        key_env = self.cfg.agents.llm.api_key_env
+        if key_env and "openai" in (self.cfg.agent_name, self.cfg.agents.analysis_model):
+            env.setdefault(key_env, "")  # agent-written code never sees the LLM's API key
         return env
 
     def _wait_any(self, flights: dict[int, Flight]) -> list[Flight]:
@@ -658,7 +755,7 @@ class Loop:
         assert f.result is not None
         self.cycle = f.cycle
         try:
-            return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw)
+            return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, parent=f.parent)
         finally:
             self.pool.release(f.cycle)
 
@@ -670,7 +767,8 @@ class Loop:
         while flights:
             for f in self._wait_any(flights):
                 del flights[f.cycle]
-                self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, final=True)  # type: ignore[arg-type]
+                self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit,  # type: ignore[arg-type]
+                             pruner_saw=f.pruner_saw, final=True, parent=f.parent)
                 self.pool.release(f.cycle)
 
     def _set_paused(self, paused: bool, flights: dict[int, Flight]) -> None:
@@ -732,6 +830,7 @@ class Loop:
         *,
         pruner_saw: bool = False,
         final: bool = False,
+        parent: int | None = None,
     ) -> Decision:
         """Analyze, decide and journal one finished cycle. ``final``: the run is already stopping."""
         cfg = self.cfg
@@ -746,6 +845,12 @@ class Loop:
         self._write_metrics(cycle, cdir, result)
         progress = read_progress(cdir / "progress.jsonl")
         analysis = analyze(result, metric, kept, self.history, progress, cfg)
+        if self.analyst is not None:  # the agent's analysis replaces the built-in one when valid
+            analysis = run_analyst(
+                self.analyst, cfg, cycle=cycle, cycle_dir=cdir, proposal=proposal, result=result, metric=metric,
+                kept=kept, verdict=verdict, builtin=analysis, history=self.history, progress=progress,
+                tokens_used=self._tokens + proposal.tokens_used, cost_used_usd=self._cost + proposal.cost_usd,
+            )
         write_text_atomic(cdir / "analysis.md", render_markdown(cycle, analysis, result, metric, verdict))
         write_json_atomic(cdir / "recommendations.json", [r.to_dict() for r in analysis.recommendations])
         record = CycleRecord(
@@ -758,6 +863,7 @@ class Loop:
             analysis=analysis,
             commit=commit,
             frozen_hashes=code_hashes,
+            parent=parent,
         )
         history = [*self.history, record]
         self._phase("decide")
@@ -874,8 +980,8 @@ class Loop:
             return self._manual_stop()
         usage = dec.Usage(
             elapsed_s=self.elapsed_s,
-            tokens=self._tokens + history[-1].proposal.tokens_used,
-            cost_usd=self._cost + history[-1].proposal.cost_usd,
+            tokens=self._tokens + history[-1].tokens_used,
+            cost_usd=self._cost + history[-1].cost_usd,
         )
         return dec.after_cycle(history, self.cfg, usage)
 

@@ -203,11 +203,23 @@ class Analysis(_Record):
     diagnosis: str  # improving | plateau | diverged | overfitting | underfitting | failed | baseline
     summary: str
     recommendations: tuple[Recommendation, ...] = ()
+    agent: str = "builtin"  # who wrote it: builtin, or the analysis agent's name
+    advice: str | None = None  # an analysis agent's "continue" | "stop": advice, never a decision
+    tokens_used: int = 0  # spent by the analysis agent (counted in the run's budgets)
+    cost_usd: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Analysis:
         recs = tuple(Recommendation.from_dict(r) for r in d.get("recommendations", ()))
-        return cls(diagnosis=d.get("diagnosis", ""), summary=d.get("summary", ""), recommendations=recs)
+        return cls(
+            diagnosis=d.get("diagnosis", ""),
+            summary=d.get("summary", ""),
+            recommendations=recs,
+            agent=str(d.get("agent", "builtin")),
+            advice=d.get("advice"),
+            tokens_used=int(d.get("tokens_used", 0)),
+            cost_usd=float(d.get("cost_usd", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -251,6 +263,16 @@ class CycleRecord(_Record):
     analysis: Analysis | None = None
     commit: str | None = None  # git commit of this cycle's code, when versioned
     frozen_hashes: dict[str, str] = field(default_factory=dict)
+    parent: int | None = None  # the version (cycle) this cycle's code derives from; None: the workspace
+
+    @property
+    def tokens_used(self) -> int:
+        """Tokens the cycle cost: its proposal plus its analysis agent."""
+        return self.proposal.tokens_used + (self.analysis.tokens_used if self.analysis else 0)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.proposal.cost_usd + (self.analysis.cost_usd if self.analysis else 0.0)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CycleRecord:
@@ -265,4 +287,5 @@ class CycleRecord(_Record):
             analysis=Analysis.from_dict(d["analysis"]) if d.get("analysis") else None,
             commit=d.get("commit"),
             frozen_hashes=dict(d.get("frozen_hashes", {})),
+            parent=d.get("parent"),
         )

@@ -1,12 +1,12 @@
-"""The agent plugin contract: frozen context in, validated proposal out."""
+"""The agent plugin contracts: frozen context in, validated proposal (or analysis) out."""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..records import Analysis, CycleRecord, Proposal
+from ..records import Analysis, CycleRecord, Proposal, TrialResult
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,45 @@ class Agent(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def propose(self, ctx: AgentContext) -> Proposal:
-        """The next experiment, or raise AgentError when none can be made."""
+    def propose(self, ctx: AgentContext) -> Proposal | None:
+        """The next experiment, or raise AgentError when none can be made.
+
+        With parallel trials an agent may return None to wait: the loop asks again once a
+        cycle in flight (``ctx.pending``) has been recorded."""
 
     def observe(self, record: CycleRecord) -> None:  # noqa: B027 - optional hook
         """Called once for every recorded cycle, in order (including replayed ones on resume)."""
+
+
+@dataclass(frozen=True)
+class AnalysisContext:
+    """What an analysis agent sees of one finished cycle (log tails, never whole files)."""
+
+    cycle: int
+    proposal: Proposal
+    result: TrialResult
+    metric: float | None
+    kept: bool
+    verdict: str
+    builtin: Analysis  # the built-in diagnosis, given to the agent as a starting point
+    history: tuple[CycleRecord, ...]  # the cycles before this one
+    progress: tuple[Mapping[str, Any], ...] = ()  # the learning curve (progress.jsonl rows)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    target_name: str = ""
+    direction: str = "maximize"
+    tokens_left: int | None = None
+    cost_left_usd: float | None = None
+    tokens_left_cycle: int | None = None
+    cycle_dir: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Analyst(abc.ABC):
+    """Turns a finished cycle into an :class:`Analysis`. The decision engine stays the authority."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def analyze(self, ctx: AnalysisContext) -> Analysis:
+        """The analysis, or raise AgentError (the loop then keeps the built-in one)."""

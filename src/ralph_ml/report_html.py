@@ -1,0 +1,161 @@
+"""``reports/report.html``: one self-contained page (inline CSS, charts as base64 PNG, no
+script, nothing fetched from the network), readable offline and safe to attach to a ticket."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from typing import Any
+
+from . import __version__, charts
+from .report import ReportContext, _delta, _fmt_params, fmt, lessons, stop_summary
+
+_CSS = """
+body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
+ max-width:1100px;margin:24px auto;padding:0 16px;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:14px;margin:18px 0 6px}
+.sub{color:#666;margin-bottom:14px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.card{border:1px solid #e3e3e3;border-radius:6px;padding:8px 12px;min-width:150px}
+.card b{display:block;font-size:18px}.card span{color:#666;font-size:12px}
+table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
+th,td{border-bottom:1px solid #eee;padding:4px 6px;text-align:left;vertical-align:top}
+th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:6px 0}
+pre{background:#f7f7f7;border:1px solid #e6e6e6;border-radius:4px;padding:8px;overflow:auto;font-size:12px}
+pre.diff .a{color:#116329;background:#e6ffec}pre.diff .d{color:#82071e;background:#ffebe9}pre.diff .h{color:#6639ba}
+.kept{color:#1a7f37;font-weight:600}.hurt{color:#82071e}.failed{color:#d62728}.muted{color:#777}
+.note{background:#fff8c5;border:1px solid #e6d87a;border-radius:4px;padding:8px 10px;margin:10px 0}
+.stop{border-left:4px solid #1f77b4;padding:6px 10px;background:#f3f8fc}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _img(ctx: ReportContext, name: str, alt: str) -> str:
+    png = ctx.images.get(name)
+    if png is None:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _diff(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        cls = "h" if line.startswith(("@@", "diff ", "+++", "---")) else "a" if line.startswith("+") else "d" if line.startswith("-") else ""
+        out.append(f'<span class="{cls}">{_e(line)}</span>' if cls else _e(line))
+    return '<pre class="diff">' + "\n".join(out) + "</pre>"
+
+
+def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset()) -> str:
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _outcome(text: str) -> str:
+    cls = "kept" if text in ("helped", "baseline") else "hurt" if text.startswith("hurt") else "failed"
+    return f'<span class="{cls}">{_e(text)}</span>'
+
+
+def render_html(ctx: ReportContext) -> str:
+    cfg, rp, t, best = ctx.cfg, ctx.rp, ctx.cfg.target, ctx.best
+    name = _e(t.name)
+    parts: list[str] = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>ralph-ml report: {_e(cfg.project.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>ralph-ml report: {_e(cfg.project.name)}</h1>",
+        f'<div class=sub>run <code>{_e(rp.run["run_id"])}</code> · target <code>{_e(t.describe())}</code> · '
+        f"generated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by ralph-ml {_e(__version__)}</div>",
+    ]
+    reason, code, message, evidence = stop_summary(ctx.stop)
+    cards = [
+        (f"{best.metric:.6g}" if best and best.metric is not None else "n/a", f"best {name}" + (f" (cycle {best.cycle})" if best else "")),
+        (str(len(ctx.views)), " · ".join(f"{ctx.count(c)} {charts.STYLE[c][0]}" for c in charts.STYLE if ctx.count(c)) or "cycles"),
+        (_e(reason or "running"), f"stop reason (exit {code})" if reason else "not stopped yet"),
+        (f"{rp.elapsed_s:.1f} s", f"elapsed (trials {ctx.trial_seconds:.1f} s)"),
+        (f"{ctx.tokens}", f"tokens · ${ctx.cost_usd:.4f}"),
+    ]
+    parts.append("<div class=cards>" + "".join(f"<div class=card><b>{v}</b><span>{label}</span></div>" for v, label in cards) + "</div>")
+    for note in ctx.notes:
+        parts.append(f"<div class=note>{_e(note)}</div>")
+    if reason:
+        ev = json.dumps(evidence, indent=2, default=str) if evidence else ""
+        parts.append(
+            f"<h2>Why the run stopped</h2><div class=stop><b>{_e(reason)}</b> (exit code {_e(code)}): {_e(message)}</div>"
+            + (f"<pre>{_e(ev)}</pre>" if ev else "")
+        )
+    else:
+        parts.append("<h2>Why the run stopped</h2><p class=muted>It has not stopped: it is running or was interrupted "
+                     "(<code>ralph-ml resume</code> continues it).</p>")
+    parts.append(f"<h2>{name} per cycle</h2>" + (_img(ctx, "progress", f"{t.name} per cycle") or "<p class=muted>no chart</p>"))
+    if "curves" in ctx.images:
+        parts.append("<h2>Learning curves of the best cycles</h2>" + _img(ctx, "curves", "learning curves"))
+    if "params" in ctx.images:
+        parts.append(f"<h2>Parameter effects</h2><p class=muted>{name} against each parameter; ★ the best cycle; "
+                     "× at the bottom: cycles without a score.</p>" + _img(ctx, "params", "parameter effects"))
+    compared = [v for v in ctx.views if v.baseline is not None]
+    if compared:
+        rows = []
+        for v in compared:
+            change = "; ".join(_e(c.text) for c in v.changes) or ("code change" if v.patch else "no param change")
+            if v.patch and v.changes:
+                change += "; code change"
+            rows.append([str(v.cycle), change, _e(fmt(v.record.metric)) if v.record.metric is not None else "n/a",
+                         _e(_delta(v.delta)), _outcome(v.outcome)])
+        parts.append("<h2>What worked, what hurt</h2><p class=muted>Each cycle against the best so far when it ran.</p>"
+                     + _table(["cycle", "change vs best so far", name, "Δ vs best", "outcome"], rows, {0, 2, 3}))
+        agg = lessons(ctx.views)
+        if agg:
+            parts.append("<h3>By kind of change</h3>" + _table(
+                ["param", "change", "tried", "helped", "hurt", "failed", "mean Δ"],
+                [[_e(r["param"]), _e(r["change"]), str(r["tried"]), str(r["helped"]), str(r["hurt"]), str(r["failed"]),
+                  _e(_delta(r["mean_delta"]))] for r in agg], {2, 3, 4, 5, 6}))
+    if ctx.tree:
+        parts.append(f"<h2>Versions</h2><p class=muted>Each cycle under the version its code derives from.</p><pre>{_e(ctx.tree)}</pre>")
+    kept = [v for v in ctx.views if v.record.kept]
+    if kept:
+        parts.append("<h2>Kept changes</h2>")
+        for v in kept:
+            r = v.record
+            vs = f" ({_e(_delta(v.delta))} vs cycle {v.baseline.cycle})" if v.baseline else " (first kept)"
+            parts.append(f"<h3>Cycle {r.cycle}: {name} = {_e(fmt(r.metric))}{vs}</h3>")
+            if r.proposal.rationale:
+                parts.append(f"<p>{_e(r.proposal.rationale)}</p>")
+            if v.changes:
+                parts.append(_table(["param", "before", "after"], [[_e(c.name), _e(fmt(c.before)), _e(fmt(c.after))] for c in v.changes]))
+            else:
+                parts.append("<p class=muted>params unchanged</p>")
+            if r.commit:
+                parts.append(f"<p class=muted>commit <code>{_e(r.commit[:12])}</code> · code <code>runs/cycle_{r.cycle:04d}/code</code></p>")
+            if v.patch:
+                parts.append(_diff(v.patch))
+    parts.append(f"<h2>Time and agent usage</h2><p>elapsed {rp.elapsed_s:.1f} s: trials {ctx.trial_seconds:.1f} s, "
+                 f"loop and agent {max(0.0, rp.elapsed_s - ctx.trial_seconds):.1f} s · {ctx.tokens} tokens · ${ctx.cost_usd:.4f}</p>"
+                 + _img(ctx, "time", "seconds per cycle"))
+    rows = []
+    for v in ctx.views:
+        r = v.record
+        status = r.result.status.value + (f" ({r.result.failure.value})" if r.result.failure.value != "none" else "")
+        rows.append([str(r.cycle), _e(status), _e(f"{r.metric:.6g}") if r.metric is not None else "n/a", "<span class=kept>kept</span>" if r.kept else _e(r.verdict),
+                     _e(r.analysis.diagnosis if r.analysis else ""), f"{r.result.duration_s:.1f}", str(r.proposal.tokens_used),
+                     f"{r.proposal.cost_usd:.4f}", _e(_fmt_params(v.params))])
+    parts.append("<h2>Cycles</h2>" + _table(["cycle", "status", name, "verdict", "diagnosis", "seconds", "tokens", "cost $", "params"], rows, {0, 2, 5, 6, 7}))
+    failed = [v.record for v in ctx.views if v.record.metric is None and v.record.result.message]
+    if failed:
+        parts.append("<h2>Failures</h2><ul>" + "".join(
+            f"<li>cycle {r.cycle}: {_e(r.result.status.value)} ({_e(r.result.failure.value)}): {_e(r.result.message.splitlines()[0])}</li>"
+            for r in failed) + "</ul>")
+    if ctx.board:
+        parts.append("<h2>Leaderboard</h2>" + _table(["rank", "cycle", name, "params"], [
+            [str(b["rank"]), str(b["cycle"]), _e(f"{b['metric']:.6g}"), _e(_fmt_params(b["params"]))] for b in ctx.board], {0, 1, 2}))
+    links = " · ".join(f'<a href="{_e(link)}">{_e(label)}</a>' for label, link in ctx.files.items())
+    parts.append(f"<h2>Files</h2><p>{links}</p></body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,170 @@
+"""`ralph-ml dashboard`: a real loop, the real server, a real headless Chromium (Debian's).
+
+`make test` installs /usr/bin/chromium when it is missing; without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from conftest import QUADRATIC, make_experiment, ralph, ralph_bg, recorded
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+# ~1 s per trial, with a learning curve and log lines, so cycles land while the page is open.
+SLOW = """
+import time
+from ralph_ml import trial
+p = trial.params({"x": 0.1, "epochs": 5})
+for e in range(1, p["epochs"] + 1):
+    time.sleep(0.2)
+    print(f"epoch {e}/{p['epochs']} dashboard-marker train_loss={1.0 / e:.3f}", flush=True)
+    trial.report(e, train_loss=1.0 / e + p["x"], val_accuracy=0.5 + 0.05 * e)
+print(f"val_accuracy: {1 - (p['x'] - 0.7) ** 2:.6f}")
+"""
+SPACE = {
+    "x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.1},
+    "epochs": {"type": "categorical", "choices": [5], "default": 5},
+}
+
+
+@pytest.fixture
+def dashboard() -> Iterator[Any]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*roots: Path) -> str:
+        args = [sys.executable, "-m", "ralph_ml", "dashboard", "--port", "0"]
+        for r in roots:
+            args += ["--root", str(r)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "dashboard: http://127.0.0.1:PORT/ · ..."
+        assert line.startswith("dashboard: http://127.0.0.1:"), line + (proc.stderr.read() if proc.stderr else "")
+        return line.split()[1]
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _row_text(page: Page, cycle: int) -> str | None:
+    row = page.query_selector(f'#cycles tbody tr[data-cycle="{cycle}"]')
+    return row.inner_text() if row is not None else None
+
+
+def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: Any) -> None:
+    root = make_experiment(tmp_path / "exp", SLOW, target=1.5, space=SPACE, safeguards={"max_cycles": 6})
+    loop = ralph_bg(root, "start")
+    try:
+        url = dashboard(root)
+        with sync_playwright() as pw:
+            ctx = pw.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                viewport={"width": 1440, "height": 1000},
+            )
+            errors: list[str] = []
+            page = ctx.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.wait_for_selector("#run-name", timeout=15_000)
+            assert page.inner_text("#run-name") == "t"
+            # The running trial: its log tail and progress show while it runs.
+            page.wait_for_function("document.getElementById('log').textContent.includes('dashboard-marker')", timeout=15_000)
+            # A cycle recorded by the loop after the page opened shows up within seconds.
+            n0 = len(recorded(root))
+            target = n0 + 1
+            _wait(lambda: len(recorded(root)) >= target, 30, f"the loop to record cycle {target}")
+            t_recorded = time.monotonic()
+            text = _wait(lambda: _row_text(page, target), 5, f"cycle {target} in the page's table")
+            latency = time.monotonic() - t_recorded
+            rec = recorded(root)[target - 1]
+            assert f"{rec['metric']:.4f}" in text and ("kept" in text or "discarded" in text)
+            assert latency < 3.0, f"cycle {target} took {latency:.1f} s to appear"
+            # ... and in the chart, marked by its verdict; the target line and running best are drawn.
+            page.wait_for_selector(f'#metric-chart [data-cycle="{target}"]', timeout=3_000)
+            assert "target 1.5" in page.inner_html("#metric-chart")
+            assert page.query_selector("#metric-chart path[stroke='var(--blue)']") is not None
+            # the phase card names a loop phase; the learning curve has a line
+            assert page.inner_text("#phase") in ("propose", "materialize", "guard", "execute", "analyze", "decide", "stopped")
+            page.wait_for_selector("#curve-chart path", timeout=5_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            assert not errors, errors
+            ctx.close()
+    finally:
+        ralph(root, "stop")
+        loop.wait(timeout=30)
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_api_lists_several_runs_and_never_writes(tmp_path: Path, dashboard: Any) -> None:
+    done = make_experiment(tmp_path / "runs" / "a-done", QUADRATIC, target=1.5, safeguards={"max_cycles": 2})
+    assert ralph(done, "start").returncode == 2
+    make_experiment(tmp_path / "runs" / "b-new", QUADRATIC)  # configured, never started
+    (tmp_path / "runs" / "not-an-experiment").mkdir()
+    before = _tree(tmp_path)
+    url = dashboard(tmp_path / "runs")
+
+    code, body = _get(url + "api/runs")
+    assert code == 200
+    runs = {r["folder"]: r for r in body["runs"]}
+    assert set(runs) == {str(done.resolve()), str((tmp_path / "runs" / "b-new").resolve())}
+    a = runs[str(done.resolve())]
+    assert a["status"] == "stopped" and a["cycles"] == 2 and a["max_cycles"] == 2
+    assert runs[str((tmp_path / "runs" / "b-new").resolve())]["status"] == "no run yet"
+
+    code, d = _get(url + f"api/runs/{a['key']}")
+    assert code == 200
+    recs = recorded(done)
+    assert [c["cycle"] for c in d["cycles"]] == [1, 2]
+    assert d["cycles"][0]["metric"] == pytest.approx(recs[0]["metric"])
+    assert d["state"]["stop"]["reason"] == "max_cycles"
+    assert d["current"]["cycle"] == 2 and d["current"]["running"] is False
+    assert any("val_accuracy" in ln for ln in d["current"]["stdout"])
+    code, d2 = _get(url + f"api/runs/{a['key']}?since=1")
+    assert [c["cycle"] for c in d2["cycles"]] == [2] and d2["cycles_total"] == 2
+
+    assert _get(url + "api/runs/nope")[0] == 404
+    assert _get(url + "api/nothing")[0] == 404
+    with urllib.request.urlopen(url, timeout=10) as r:
+        html = r.read().decode()
+    assert "<svg" in html and "/api/runs" in html and "http" not in html.replace("http://www.w3.org/2000/svg", "")
+    assert _tree(tmp_path) == before  # the dashboard only reads
