@@ -35,7 +35,6 @@ from .control import ControlReader
 from .errors import AgentError, GuardRejected, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
-from .executors.local import reap_orphans, read_result
 from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -387,6 +386,7 @@ class Loop:
             if self.journal:
                 self.journal.close()
             self.bus.close()
+            self.executor.close()
             self._unlock()
 
     def step(self) -> Decision:
@@ -492,8 +492,17 @@ class Loop:
         cdir = self.cycle_dir(cycle)
         self.cycle = cycle
         self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": True})
-        killed = reap_orphans(cdir) if cdir.exists() else 0
-        result = read_result(cdir) if cdir.exists() else None
+        found = self.executor.recover(cdir)
+        if isinstance(found, TrialHandle):  # still running elsewhere (a cluster): wait for it again
+            self.emit("recovered", {"cycle": cycle, "how": "re-attached"})
+            version = json.loads((cdir / "version.json").read_text()) if (cdir / "version.json").exists() else {}
+            params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
+            flight = Flight(cycle, proposal, cdir, params, handle=found, commit=version.get("commit"),
+                            parent=version.get("parent"), code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
+            flight.alloc = self.pool.allocate(cycle)
+            threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
+            return flight
+        result = found
         if result is not None:
             self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
             version = json.loads((cdir / "version.json").read_text()) if (cdir / "version.json").exists() else {}
@@ -510,7 +519,7 @@ class Loop:
                 n += 1
             aside = attic / f"{cdir.name}-attempt{n}"
             os.replace(cdir, aside)
-            self.emit("recovered", {"cycle": cycle, "how": "re-run", "killed": killed, "evidence": str(aside)})
+            self.emit("recovered", {"cycle": cycle, "how": "re-run", "evidence": str(aside)})
         return self._launch(cycle, proposal, announce=False)
 
     def _invalid(self, failure: FailureClass, message: str) -> TrialResult:

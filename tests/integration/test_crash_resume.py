@@ -93,14 +93,26 @@ def test_random_sigkills_never_lose_or_duplicate_a_cycle(exp, tmp_path: Path) ->
     root = exp(COUNTING, target=1.5, safeguards={"max_cycles": n, "no_improvement_stop_cycles": 50},
                execution={"env": {"EXEC_LOG": str(log), "SLEEP_S": "0.15"}})
     rng = random.Random(1234)
-    first = True
     kills = 0
-    for _ in range(40):
-        proc = ralph_bg(root, "start" if first else "resume")
-        first = False
-        try:
-            rc = proc.wait(timeout=rng.uniform(0.3, 1.5))
-        except Exception:
+    journal = root / "state" / "journal.jsonl"
+
+    def size() -> int:
+        return journal.stat().st_size if journal.exists() else 0
+
+    def n_recorded() -> int:
+        return journal.read_text().count('"type":"cycle_recorded"') if journal.exists() else 0
+
+    for _ in range(80):
+        # killed before its journal existed, a run has nothing to resume: start it again
+        proc = ralph_bg(root, "resume" if size() else "start")
+        # Kill at a random instant after the run recorded a new cycle (whatever the machine's load).
+        before = n_recorded()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and n_recorded() <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4))
+        rc = proc.poll()
+        if rc is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1

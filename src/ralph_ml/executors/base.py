@@ -15,6 +15,7 @@ A handle never raises for a failure *of the trial* (crash, timeout, OOM): those 
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 
 from ..records import TrialResult, TrialSpec
 
@@ -60,3 +61,21 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def submit(self, spec: TrialSpec) -> TrialHandle:
         """Start ``spec`` and return its handle without waiting for it to end."""
+
+    def recover(self, cycle_dir: Path) -> TrialResult | TrialHandle | None:
+        """After the loop itself died: what became of the trial submitted for ``cycle_dir``?
+
+        A ``TrialResult`` when it finished and its result is still reachable (collected, not
+        re-run); a ``TrialHandle`` re-attached to it when it still runs (Ray, Slurm); None
+        when it must be run again (anything it left running has been stopped first).
+        The default: stop leftovers on this machine, collect a finished ``result.json``.
+        """
+        from .local import read_result, reap_orphans
+
+        if not cycle_dir.exists():
+            return None
+        reap_orphans(cycle_dir)
+        return read_result(cycle_dir)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the executor holds (a Ray connection, ...); the loop calls it at the end."""
