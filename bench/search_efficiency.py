@@ -1,0 +1,136 @@
+"""Compute to reach the target: ralph-ml's built-in agent against plain random search and TPE.
+
+    python bench/search_efficiency.py [--templates digits mnist1d] [--seeds 0 1 2] [--max-cycles 20]
+    python bench/search_efficiency.py --throughput      # K=2 vs K=1 trials/s on 1-second trials
+
+For each template, strategy and seed it runs the real CLI (`ralph-ml start`) in a fresh copy
+of the template and measures the CPU-seconds of the whole process tree (the loop and every
+trial, from os.wait4) until the run stops: at the target (exit 0) or after --max-cycles.
+The plateau rule is disabled so every strategy gets the same budget. Strategies:
+
+  ralph        built-in agent (baseline first, analysis steering, TPE), K=1
+  ralph-prune  the same with the median pruner on the trials' progress reports
+  ralph-k2     the same as ralph with two trials at once
+  tpe          plain Optuna TPE (agent plugin bench_agents:TPE)
+  random       plain Optuna random search (agent plugin bench_agents:Random)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
+
+STRATEGIES: dict[str, dict[str, str]] = {
+    "ralph": {},
+    "ralph-prune": {"pruning": 'pruner = "median"\nmetric = "train_loss"\ndirection = "minimize"\nn_startup_trials = 3\nn_warmup_steps = 4\ngrace_s = 2'},
+    "ralph-k2": {"execution": "max_concurrency = 2\ncpus_per_trial = 1"},
+    "tpe": {"agents": 'code_model = "bench_agents:TPE"'},
+    "random": {"agents": 'code_model = "bench_agents:Random"'},
+}
+
+
+def _set(toml: str, section: str, body: str) -> str:
+    """Add keys to a [section] of the template's ralph.toml (appending the section if absent)."""
+    header = f"[{section}]"
+    if re.search(rf"(?m)^\[{re.escape(section)}\]\s*$", toml):
+        return re.sub(rf"(?m)^\[{re.escape(section)}\]\s*$", header + "\n" + body, toml, count=1)
+    return toml + f"\n{header}\n{body}\n"
+
+
+def run_one(template: str, strategy: str, seed: int, max_cycles: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = Path(tmp) / "exp"
+        subprocess.run([sys.executable, "-m", "ralph_ml", "init", str(exp), "--template", template],
+                       check=True, capture_output=True)
+        shutil.copy(BENCH / "bench_agents.py", exp / "bench_agents.py")
+        toml = (exp / "ralph.toml").read_text()
+        toml = re.sub(r"(?m)^seed = \d+", f"seed = {seed}", toml)
+        toml = re.sub(r"(?m)^max_cycles = \d+", f"max_cycles = {max_cycles}", toml)
+        toml = re.sub(r"(?m)^no_improvement_stop_cycles = \d+", f"no_improvement_stop_cycles = {max_cycles}", toml)
+        for section, body in STRATEGIES[strategy].items():
+            toml = _set(toml, section, body)
+        (exp / "ralph.toml").write_text(toml)
+        env = {**os.environ, "PYTHONPATH": str(BENCH) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "ralph_ml", "start", "--plain"], cwd=exp, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+        rc = os.waitstatus_to_exitcode(status)
+        if rc not in (0, 2, 3):
+            raise SystemExit(f"{template}/{strategy}/seed {seed}: exit {rc}\n{proc.stderr.read().decode() if proc.stderr else ''}")
+        recs = [json.loads(line)["record"] for line in (exp / "state" / "journal.jsonl").read_text().splitlines()
+                if '"type":"cycle_recorded"' in line]
+        best = max((r["metric"] for r in recs if r["metric"] is not None), default=float("nan"))
+        return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "reached": rc == 0,
+                "cycles": len(recs), "best": best, "pruned": sum(r["result"]["status"] == "pruned" for r in recs)}
+
+
+def search_table(templates: list[str], seeds: list[int], max_cycles: int) -> None:
+    for template in templates:
+        print(f"\n## {template} (target from the template; budget {max_cycles} cycles; seeds {seeds})\n")
+        print("| strategy | reached target | CPU-s to stop (median) | CPU-s when reached (median) | best metric (median) | cycles (median) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for strategy in STRATEGIES:
+            rows = [run_one(template, strategy, s, max_cycles) for s in seeds]
+            reached = [r for r in rows if r["reached"]]
+            cpu_reached = f"{statistics.median(r['cpu_s'] for r in reached):.0f}" if reached else "n/a"  # type: ignore[misc]
+            print(f"| {strategy} | {len(reached)}/{len(rows)} | {statistics.median(r['cpu_s'] for r in rows):.0f} | "  # type: ignore[misc]
+                  f"{cpu_reached} | {statistics.median(r['best'] for r in rows):.4f} | "  # type: ignore[misc]
+                  f"{statistics.median(r['cycles'] for r in rows):.0f} |", flush=True)  # type: ignore[misc]
+
+
+def throughput(n: int = 12) -> None:
+    """Trials per second with K=1 and K=2 on 1-second sleep trials."""
+    out = {}
+    for k in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            exp = Path(tmp)
+            (exp / "prepare.py").write_text("# frozen\n")
+            (exp / "train.py").write_text("import time\ntime.sleep(1.0)\nprint('val_accuracy: 0.5')\n")
+            (exp / "ralph.toml").write_text(
+                f'[project]\ntarget_metric = {{ name = "val_accuracy", value = 2.0 }}\n'
+                f"[safeguards]\nmax_cycles = {n}\nno_improvement_stop_cycles = {n}\n"
+                f"[execution]\nmax_concurrency = {k}\nenv_capture = false\n"
+                '[search_space.x]\ntype = "float"\nlow = 0.0\nhigh = 1.0\n'
+            )
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-m", "ralph_ml", "start", "--plain"], cwd=exp, capture_output=True)
+            wall = time.monotonic() - t0
+            events = [json.loads(line) for line in (exp / "state" / "events.jsonl").read_text().splitlines()]
+            starts = [e["ts"] for e in events if e["kind"] == "trial_started"]
+            ends = [e["ts"] for e in events if e["kind"] == "trial_ended"]
+            span = max(ends) - min(starts)
+            out[k] = n / span
+            print(f"K={k}: {n} trials of 1 s in {span:.2f} s (first start to last end; {wall:.2f} s with start-up) "
+                  f"= {out[k]:.3f} trials/s")
+    print(f"K=2 / K=1 = {out[2] / out[1]:.2f}x (ideal 2.00x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--templates", nargs="+", default=["digits", "mnist1d"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--max-cycles", type=int, default=20)
+    ap.add_argument("--throughput", action="store_true", help="only the K=2 vs K=1 throughput check")
+    args = ap.parse_args()
+    if args.throughput:
+        throughput()
+        return
+    search_table(args.templates, args.seeds, args.max_cycles)
+
+
+if __name__ == "__main__":
+    main()
