@@ -76,8 +76,9 @@ def test_small_discrete_space_never_repeats_and_reports_exhaustion() -> None:
         drive(agent, c, h, 1)
 
 
-def test_follows_a_high_confidence_recommendation_one_step() -> None:
-    c = cfg(steer=True)
+def test_follows_a_high_confidence_recommendation_one_step_after_exploring() -> None:
+    c = Config.model_validate({"project": {"seed": 7, "target_metric": {"name": "acc", "value": 2.0}},
+                               "agents": {"steer": True, "n_startup_trials": 0}, "search_space": SPACE})
     agent = BuiltinAgent(c)
     h = drive(agent, c, [], 1)
     rec = Recommendation(action="increase:dropout", rationale="over-fitting", confidence="high", param="dropout", direction="increase")
@@ -86,6 +87,13 @@ def test_follows_a_high_confidence_recommendation_one_step() -> None:
                        target_name="acc", direction="maximize")
     prop = agent.propose(ctx)
     assert prop.meta.get("steered") and prop.params["dropout"] > 0.0
+    # never two steered proposals in a row
+    rec2 = CycleRecord(cycle=2, proposal=prop, result=TrialResult(status=TrialStatus.OK, metrics={"acc": 0.0}),
+                       metric=0.0, kept=False, verdict="discarded", analysis=h[-1].analysis)
+    agent.observe(rec2)
+    ctx2 = AgentContext(cycle=3, history=(*h, rec2), best=h[0], last_analysis=rec2.analysis, search_space=c.search_space,
+                        target_name="acc", direction="maximize")
+    assert not agent.propose(ctx2).meta.get("steered")
     assert {k: v for k, v in prop.params.items() if k != "dropout"} == {k: v for k, v in h[0].proposal.params.items() if k != "dropout"}
 
 
@@ -96,3 +104,15 @@ def test_step_param_stays_in_bounds() -> None:
     assert step_param(w, 256, "increase") == 256 and step_param(w, 32, "increase") > 32
     cat = Param(type="categorical", choices=[16, 32, 64])
     assert step_param(cat, 32, "increase") == 64 and step_param(cat, 16, "decrease") == 16
+
+
+def test_no_steering_during_the_random_start_up() -> None:
+    c = Config.model_validate({"project": {"seed": 7, "target_metric": {"name": "acc", "value": 2.0}},
+                               "agents": {"steer": True, "n_startup_trials": 3}, "search_space": SPACE})
+    agent = BuiltinAgent(c)
+    h = drive(agent, c, [], 1)
+    rec = Recommendation(action="increase:dropout", rationale="over-fitting", confidence="high", param="dropout", direction="increase")
+    h[-1] = CycleRecord(**{**h[-1].__dict__, "analysis": Analysis(diagnosis="overfitting", summary="", recommendations=(rec,))})
+    ctx = AgentContext(cycle=2, history=tuple(h), best=h[0], last_analysis=h[-1].analysis, search_space=c.search_space,
+                       target_name="acc", direction="maximize")
+    assert not agent.propose(ctx).meta.get("steered")

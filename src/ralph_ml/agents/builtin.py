@@ -58,9 +58,7 @@ def step_param(p: Param, value: Any, direction: str) -> Any:
         v = float(value) * (2.0 if up else 0.5)
     else:
         span = p.high - p.low
-        v = float(value) + (0.15 * span if up else -0.15 * span)
-        if p.type == "float" and value == 0 and up:
-            v = max(v, p.low + 0.15 * span)
+        v = float(value) + (0.25 * span if up else -0.25 * span)
     v = min(p.high, max(p.low, v))
     if p.type == "int":
         iv = int(round(v))
@@ -133,9 +131,13 @@ class BuiltinAgent(Agent):
     def _steered(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
         if not self.cfg.agents.steer or ctx.best is None or ctx.last_analysis is None:
             return None
+        # Explore first: analysis advice is followed only once the random start-up phase is over,
+        # and never twice in a row (one-step moves cost a whole trial each; TPE keeps searching).
+        if len(ctx.history) <= self.cfg.agents.n_startup_trials:
+            return None
         last = ctx.history[-1] if ctx.history else None
-        if last is not None and last.proposal.meta.get("steered") and not last.kept:
-            return None  # the last step we followed did not pay off: let TPE search
+        if last is not None and last.proposal.meta.get("steered"):
+            return None
         for rec in ctx.last_analysis.recommendations:
             if rec.confidence != "high" or not rec.param or rec.param not in self.space or not rec.direction:
                 continue
