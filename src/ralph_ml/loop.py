@@ -9,29 +9,31 @@ recorded cycle and records none twice.
 from __future__ import annotations
 
 import fcntl
-import queue
-import threading
-import traceback
-from dataclasses import dataclass, field
 import json
-import math
 import os
 import platform
+import queue
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import decision as dec
+from . import versions
 from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst, run_analyst
 from .analysis import analyze, read_progress, render_markdown
 from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
+from .cyclefiles import classify as classify_result
+from .cyclefiles import trial_env, write_metrics
 from .errors import AgentError, GuardRejected, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
@@ -39,8 +41,6 @@ from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
-from .resources import Allocation, ResourcePool, detect_gpus
-from .sinks import build_sinks
 from .records import (
     CycleRecord,
     Decision,
@@ -51,6 +51,8 @@ from .records import (
     TrialSpec,
     TrialStatus,
 )
+from .resources import Allocation, ResourcePool, detect_gpus
+from .sinks import build_sinks
 from .workspace import GitVersions, apply_patch, snapshot
 
 EventSink = Callable[[str, dict[str, Any]], None]  # on_event(kind, event)
@@ -100,6 +102,7 @@ class Loop:
             cfg.execution.mode,
             kill_grace_s=cfg.execution.kill_grace_s,
             metrics_pattern=cfg.execution.metrics_pattern,
+            **cfg.executor_options(),  # [execution.ray] / [execution.slurm] for those modes
         )
         self.history: list[CycleRecord] = []
         self.run_id = ""
@@ -125,8 +128,10 @@ class Loop:
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self.pruner: TrialPruner | None = None
         ex = cfg.execution
+        # GPUs "auto" means this machine's; with ray/slurm the cluster assigns the trial's GPUs.
+        local_gpus = detect_gpus() if ex.mode == "local" else []
         self.pool = ResourcePool.for_concurrency(
-            detect_gpus() if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, ex.cpus_per_trial, ex.max_concurrency
+            local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, ex.cpus_per_trial, ex.max_concurrency
         )
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
 
@@ -541,7 +546,7 @@ class Loop:
         if code.exists():  # a leftover from an interrupted attempt: start clean
             shutil.rmtree(code)
         snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
-        parent, refused = self._parent_of(proposal, cycle)
+        parent, refused = versions.parent_of(proposal, self._best, self._by_cycle, self.cfg.branching.max_fix_attempts)
         params = {**self._params_of(parent), **proposal.params}
         flight = Flight(cycle, proposal, cdir, params, parent=parent)
         write_json_atomic(cdir / "params.json", params)
@@ -554,7 +559,7 @@ class Loop:
             flight.result = self._invalid(FailureClass.AGENT_ERROR, refused)
             return flight
         # The parent version's code: its ancestors' patches from the workspace down, in order.
-        for patch in self._chain(parent):
+        for patch in versions.chain(parent, self._by_cycle):
             apply_patch(code, patch)
         if proposal.patch:
             write_text_atomic(cdir / "patch.diff", proposal.patch)
@@ -597,7 +602,7 @@ class Loop:
             params=params,
             seed=cfg.project.seed,
             timeout_s=timeout_s,
-            env={**self._trial_env(cycle, cdir, params), **flight.alloc.env(self.pool.has_gpus)},
+            env={**trial_env(self.cfg, self.run_id, cycle, cdir, params), **flight.alloc.env(self.pool.has_gpus)},
             frozen_hashes=flight.code_hashes,
         )
         self._phase("execute", persist=True)
@@ -612,52 +617,6 @@ class Loop:
             flight.reader = ProgressReader(cdir / "progress.jsonl")
         threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
         return flight
-
-    def _parent_of(self, proposal: Proposal, cycle: int) -> tuple[int | None, str | None]:
-        """The version a proposal builds on (default: the best), and why it is refused, if it is.
-
-        A refused proposal keeps the parent it asked for, so the version tree shows the attempt."""
-        if "parent" not in proposal.meta:
-            return (self._best.cycle if self._best else None), None
-        parent = proposal.meta["parent"]
-        if parent is None:
-            return None, None  # the workspace as it is
-        rec = self._by_cycle.get(parent) if isinstance(parent, int) else None
-        if rec is None:
-            return None, (
-                f"the proposal's parent version {parent!r} is not a recorded cycle "
-                f"(recorded: {sorted(self._by_cycle)[-10:]}); branch from a recorded cycle or from None (the workspace)"
-            )
-        if rec.result.status is TrialStatus.INVALID:
-            return parent, f"parent version {parent} never ran ({rec.result.failure.value}): its code is not a version to build on"
-        if rec.metric is None:
-            if proposal.meta.get("fix_of") != parent:
-                return parent, (
-                    f"parent version {parent} failed ({rec.result.failure.value}); hand it back for a fix with "
-                    f'meta {{"parent": {parent}, "fix_of": {parent}}}, or branch from a version that worked'
-                )
-            tries = sum(1 for r in self.history if r.proposal.meta.get("fix_of") == parent)
-            limit = self.cfg.branching.max_fix_attempts
-            if tries >= limit:
-                return parent, (
-                    f"version {parent} was already handed back for a fix {tries} time(s) "
-                    f"(branching.max_fix_attempts = {limit}); branch from another version"
-                )
-        return parent, None
-
-    def _chain(self, version: int | None) -> list[str]:
-        """Patches from the workspace down to ``version`` (its ancestors first)."""
-        patches: list[str] = []
-        seen: set[int] = set()
-        while version is not None and version not in seen:
-            seen.add(version)
-            rec = self._by_cycle.get(version)
-            if rec is None:
-                break
-            if rec.proposal.patch:
-                patches.append(rec.proposal.patch)
-            version = rec.parent
-        return patches[::-1]
 
     def _params_of(self, version: int | None) -> dict[str, Any]:
         if version is None:
@@ -677,29 +636,6 @@ class Loop:
         except BaseException as exc:  # an executor bug must not hang the loop
             flight.result = TrialResult(status=TrialStatus.FAILED, failure=FailureClass.CRASH, message=f"executor error: {exc}")
         self._done.put(flight.cycle)
-
-    def _trial_env(self, cycle: int, cdir: Path, params: dict[str, Any]) -> dict[str, str]:
-        env = {
-            "RALPH_RUN_ID": self.run_id,
-            "RALPH_CYCLE": str(cycle),
-            "RALPH_RUN_DIR": str(cdir),
-            "RALPH_PARAMS": str(cdir / "params.json"),
-            "RALPH_SEED": str(self.cfg.project.seed),
-            "RALPH_METRICS_PATH": str(cdir / "metrics.json"),
-            "RALPH_CHECKPOINT_DIR": str(cdir / "checkpoints"),
-            "RALPH_DATA_DIR": str(self.cfg.path(self.cfg.data.root)),
-            "RALPH_PROGRESS_PATH": str(cdir / "progress.jsonl"),
-            "RALPH_CONTROL_PATH": str(cdir / "control.json"),
-            "PATH": trial_path_env(),
-            "PYTHONUNBUFFERED": "1",
-            **self.cfg.execution.env,
-        }
-        for name, value in params.items():
-            env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
-        key_env = self.cfg.agents.llm.api_key_env
-        if key_env and "openai" in (self.cfg.agent_name, self.cfg.agents.analysis_model):
-            env.setdefault(key_env, "")  # agent-written code never sees the LLM's API key
-        return env
 
     def _wait_any(self, flights: dict[int, Flight]) -> list[Flight]:
         """Wait up to a poll interval for trials to end; apply manual control and pruning meanwhile."""
@@ -797,37 +733,6 @@ class Loop:
         )
 
     # ------------------------------------------------------------------ record
-    def _classify(self, result: TrialResult) -> tuple[TrialResult, float | None]:
-        """Apply the target-metric rules: missing or non-finite target = failed, never a score of 0."""
-        if result.status is not TrialStatus.OK:
-            value = result.metrics.get(self.cfg.target.name)
-            return result, None if value is None or not math.isfinite(value) else None
-        name = self.cfg.target.name
-        if name not in result.metrics:
-            seen = ", ".join(sorted(result.metrics)) or "none"
-            return (
-                _replace(
-                    result,
-                    status=TrialStatus.FAILED,
-                    failure=FailureClass.MISSING_METRIC,
-                    message=f"the trial exited 0 but never reported the target metric {name!r} (metrics seen: {seen}); "
-                    f"write it to metrics.json (ralph_ml.trial.log_metrics) or print `{name}: value`",
-                ),
-                None,
-            )
-        value = result.metrics[name]
-        if not math.isfinite(value):
-            return (
-                _replace(
-                    result,
-                    status=TrialStatus.FAILED,
-                    failure=FailureClass.NAN,
-                    message=f"the target metric {name} is {value} (NaN/inf): the run diverged",
-                ),
-                None,
-            )
-        return result, value
-
     def _record(
         self,
         cycle: int,
@@ -844,14 +749,14 @@ class Loop:
         """Analyze, decide and journal one finished cycle. ``final``: the run is already stopping."""
         cfg = self.cfg
         self._phase("analyze")
-        result, metric = self._classify(result)
+        result, metric = classify_result(result, self.cfg.target.name)
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
             pass
         kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=dec.noise_std(self.history))
         if metric is not None and (cfg.noise.baseline_repeats or cfg.noise.confirm_repeats):
             result, metric, kept, verdict = self._noise_check(cycle, cdir, result, metric, kept, verdict)
-        self._write_metrics(cycle, cdir, result)
+        write_metrics(cdir, cycle, self.run_id, self.cfg.target, result)
         progress = read_progress(cdir / "progress.jsonl")
         analysis = analyze(result, metric, kept, self.history, progress, cfg)
         if self.analyst is not None:  # the agent's analysis replaces the built-in one when valid
@@ -954,7 +859,7 @@ class Loop:
                 shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
             (rdir / "logs").mkdir(parents=True)
             (rdir / "checkpoints").mkdir()
-            env = {**self._trial_env(cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
+            env = {**trial_env(self.cfg, self.run_id, cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
             spec = TrialSpec(
                 run_id=self.run_id, cycle=cycle, cycle_dir=str(rdir), code_dir=str(cdir / "code"),
                 train_cmd=self.cfg.execution.train_cmd, eval_cmd=self.cfg.execution.eval_cmd, params=params,
@@ -967,7 +872,7 @@ class Loop:
                 if self.control.action() == "stop":
                     handle.cancel()
                 res = handle.wait(POLL_S)
-            res, value = self._classify(res)
+            res, value = classify_result(res, self.cfg.target.name)
             if value is None:
                 break  # a failed repeat: judge on what we have
             out.append(value)
@@ -993,39 +898,6 @@ class Loop:
             cost_usd=self._cost + history[-1].cost_usd,
         )
         return dec.after_cycle(history, self.cfg, usage)
-
-    def _write_metrics(self, cycle: int, cdir: Path, result: TrialResult) -> None:
-        """metrics.json in the seed-000 shape, keeping what the trial itself wrote."""
-        path = cdir / "metrics.json"
-        doc: dict[str, Any] = {}
-        if path.exists():
-            try:
-                loaded = json.loads(path.read_text())
-                doc = loaded if isinstance(loaded, dict) else {}
-            except ValueError:
-                doc = {}
-        t = self.cfg.target
-        doc.update(
-            {
-                "cycle": cycle,
-                "run_id": self.run_id,
-                "target": {"name": t.name, "value": t.value, "direction": t.dir.value},
-                "result": {k: (v if math.isfinite(v) else repr(v)) for k, v in result.metrics.items()},
-                "status": result.status.value,
-                "failure": result.failure.value,
-            }
-        )
-        runtime = dict(doc.get("runtime") or {})
-        runtime.update(
-            {
-                "train_seconds": round(result.train_seconds, 3),
-                "eval_seconds": round(result.eval_seconds, 3),
-                "total_seconds": round(result.duration_s, 3),
-            }
-        )
-        doc["runtime"] = runtime
-        doc.setdefault("resources", {"hostname": socket.gethostname(), "cpu_count": os.cpu_count()})
-        write_json_atomic(path, doc)
 
     def _finish(self, d: Decision) -> Decision:
         self.last_decision = d

@@ -3,9 +3,9 @@ its code derives from (None: the workspace). Drawn in the report as an indented 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from .records import CycleRecord
+from .records import CycleRecord, Proposal, TrialStatus
 
 
 def _change(rec: CycleRecord) -> str:
@@ -50,3 +50,52 @@ def render(records: Sequence[CycleRecord], metric_name: str = "metric") -> str:
 
     walk(None, "")
     return "\n".join(lines)
+
+
+def parent_of(
+    proposal: Proposal, best: CycleRecord | None, by_cycle: Mapping[int, CycleRecord], max_fix_attempts: int
+) -> tuple[int | None, str | None]:
+    """The version a proposal builds on (default: the best), and why it is refused, if it is.
+
+    A refused proposal keeps the parent it asked for, so the version tree shows the attempt."""
+    if "parent" not in proposal.meta:
+        return (best.cycle if best else None), None
+    parent = proposal.meta["parent"]
+    if parent is None:
+        return None, None  # the workspace as it is
+    rec = by_cycle.get(parent) if isinstance(parent, int) else None
+    if rec is None:
+        return None, (
+            f"the proposal's parent version {parent!r} is not a recorded cycle "
+            f"(recorded: {sorted(by_cycle)[-10:]}); branch from a recorded cycle or from None (the workspace)"
+        )
+    if rec.result.status is TrialStatus.INVALID:
+        return parent, f"parent version {parent} never ran ({rec.result.failure.value}): its code is not a version to build on"
+    if rec.metric is None:
+        if proposal.meta.get("fix_of") != parent:
+            return parent, (
+                f"parent version {parent} failed ({rec.result.failure.value}); hand it back for a fix with "
+                f'meta {{"parent": {parent}, "fix_of": {parent}}}, or branch from a version that worked'
+            )
+        tries = sum(1 for r in by_cycle.values() if r.proposal.meta.get("fix_of") == parent)
+        limit = max_fix_attempts
+        if tries >= limit:
+            return parent, (
+                f"version {parent} was already handed back for a fix {tries} time(s) "
+                f"(branching.max_fix_attempts = {limit}); branch from another version"
+            )
+    return parent, None
+
+def chain(version: int | None, by_cycle: Mapping[int, CycleRecord]) -> list[str]:
+    """Patches from the workspace down to ``version`` (its ancestors first)."""
+    patches: list[str] = []
+    seen: set[int] = set()
+    while version is not None and version not in seen:
+        seen.add(version)
+        rec = by_cycle.get(version)
+        if rec is None:
+            break
+        if rec.proposal.patch:
+            patches.append(rec.proposal.patch)
+        version = rec.parent
+    return patches[::-1]
