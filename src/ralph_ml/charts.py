@@ -133,11 +133,15 @@ def progress(points: Sequence[Point], *, name: str, target: float, maximize: boo
             ys.append(best)
     if xs:
         ax.plot(xs, ys, drawstyle="steps-post", color=STYLE["kept"][1], linewidth=1.8, alpha=0.8, label="best so far", zorder=2)
-    kept = [p for p in scored if p.category == "kept" and p.label]
-    if len(kept) <= 15:
-        for i, p in enumerate(kept):
-            ax.annotate(p.label[:32], (p.cycle, float(p.metric or 0.0)), textcoords="offset points",
-                        xytext=(6, -12 if maximize else 8), fontsize=7, color="#1f5f2b", rotation=0)
+    # Say what changed at kept points, latest (best) first, skipping labels that would collide.
+    cycles_per_char = max(p.cycle for p in points) * 6.0 / 720.0  # ~6 px a character, ~720 px of axes
+    placed: list[int] = []
+    for p in reversed([p for p in scored if p.category == "kept" and p.label]):
+        text = p.label[:30]
+        if all(c - p.cycle >= (len(text) + 2) * cycles_per_char for c in placed):
+            placed.append(p.cycle)
+            ax.annotate(text, (p.cycle, float(p.metric or 0.0)), textcoords="offset points",
+                        xytext=(5, -12 if maximize else 8), fontsize=7, color="#1f5f2b")
     values = [float(p.metric) for p in scored if p.metric is not None] or [target]
     lo, hi = min(values), max(values)
     span = (hi - lo) or max(abs(hi), 1.0) * 0.1
@@ -160,7 +164,7 @@ def progress(points: Sequence[Point], *, name: str, target: float, maximize: boo
     ax.set_xlabel("cycle")
     ax.set_ylabel(f"{name} ({'higher' if maximize else 'lower'} is better)")
     ax.set_title(f"{name} per cycle", loc="left", fontsize=11)
-    ax.legend(loc="best", fontsize=8, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)  # beside, never on the data
     return _png(fig)
 
 
@@ -181,6 +185,7 @@ def learning_curves(curves: dict[int, list[dict[str, Any]]], *, labels: dict[int
     fig = _figure(4.2 * len(names) + 0.6, 3.6)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     colours = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
+    few = all(len(rows) <= 30 for rows in curves.values())  # markers only when every curve is short
     for ax, metric in zip(axes, names):
         _style_axes(ax)
         for i, (cycle, rows) in enumerate(curves.items()):
@@ -190,7 +195,7 @@ def learning_curves(curves: dict[int, list[dict[str, Any]]], *, labels: dict[int
                 continue
             lw = 2.4 if cycle == best_cycle else 1.3
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours[i % len(colours)], linewidth=lw,
-                    marker="o" if len(pts) <= 30 else None, markersize=3, label=labels.get(cycle, f"cycle {cycle}"))
+                    marker="o" if few else None, markersize=3, label=labels.get(cycle, f"cycle {cycle}"))
         ax.set_title(metric, loc="left", fontsize=10)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -204,7 +209,8 @@ def param_effects(points: Sequence[Point], params: dict[str, dict[str, Any]], *,
 
     ``params`` maps a parameter name to ``{"log": bool, "choices": list | None}``.
     """
-    names = [n for n in params if any(n in p.params for p in points)][:max_params]
+    # Only parameters that took two values or more: a single value says nothing about its effect.
+    names = [n for n in params if len({repr(p.params[n]) for p in points if n in p.params}) > 1][:max_params]
     if not names or not any(p.metric is not None for p in points):
         return None
     cols = min(3, len(names))
@@ -286,5 +292,6 @@ def time_per_cycle(points: Sequence[Point]) -> bytes | None:
     ax.set_ylabel("trial seconds")
     ax.grid(False, axis="x")
     present = [c for c in STYLE if any(p.category == c for p in points)]
-    ax.legend(handles=[Patch(color=STYLE[c][1], label=STYLE[c][0]) for c in present], fontsize=8, frameon=False, loc="best")
+    ax.legend(handles=[Patch(color=STYLE[c][1], label=STYLE[c][0]) for c in present], fontsize=8, frameon=False,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)

@@ -104,8 +104,11 @@ class LinePrinter:
             p(f"Report saved to: {d['report']} (exit {d['exit_code']})")
 
 
-def _install_signal_stop(state_dir: Path) -> None:
-    """First Ctrl-C / SIGTERM asks for a clean stop (trial cancelled, cycle recorded); the second is immediate."""
+def _install_signal_stop(state_dir: Path, notify: Any = None) -> None:
+    """First Ctrl-C / SIGTERM asks for a clean stop (trial cancelled, cycle recorded); the second is immediate.
+
+    ``notify(message)`` replaces the message on stderr (the live view shows it in its own frame).
+    """
     hits = {"n": 0}
 
     def handler(signum: int, frame: Any) -> None:
@@ -113,7 +116,11 @@ def _install_signal_stop(state_dir: Path) -> None:
         if hits["n"] > 1:
             raise KeyboardInterrupt
         control.send(state_dir, "stop")
-        err.print(f"\n{signal.Signals(signum).name}: stopping after cancelling the running trial (again to abort)")
+        msg = f"{signal.Signals(signum).name}: stopping after cancelling the running trial (again to abort)"
+        if notify is not None:
+            notify(msg)
+        else:
+            err.print("\n" + msg)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -130,8 +137,8 @@ def _live_ok(plain: bool) -> bool:
 def _run(loop_factory: Any, cfg: Config, plain: bool = False) -> None:
     from .loop import Loop
 
-    _install_signal_stop(cfg.path(cfg.paths.state))
     if not _live_ok(plain):
+        _install_signal_stop(cfg.path(cfg.paths.state))
         loop: Loop = loop_factory(cfg, LinePrinter(cfg))
         d = loop.run()
         raise typer.Exit(d.exit_code)
@@ -140,6 +147,7 @@ def _run(loop_factory: Any, cfg: Config, plain: bool = False) -> None:
     view = RunView.for_config(cfg)
     view.seed_from_journal()
     queue = EventQueue()  # the loop's callback only appends; the display thread renders
+    _install_signal_stop(cfg.path(cfg.paths.state), notify=queue.notice)
     display = LiveDisplay(view, console, queue.drain).start()
     try:
         loop = loop_factory(cfg, queue)
@@ -240,7 +248,8 @@ def resume(
 @app.command()
 def watch(config: Optional[Path] = ConfigOpt, plain: bool = PlainOpt) -> None:
     """Follow a run started elsewhere, read-only (the live view, or lines with --plain); exit with its exit code."""
-    from .live import EventQueue, LiveDisplay, RunView, follow_run
+    from .live import EventQueue, LiveDisplay, RunView
+    from .runfiles import follow_run
 
     try:
         cfg = _cfg(config)
@@ -357,6 +366,8 @@ def status(
     t.add_row("time", f"{data['elapsed_s']:.0f} s elapsed" + (f", {bud['time_left_s']:.0f} s left" if bud.get("time_left_s") is not None else "") + f"; {sg['time_limit_per_cycle_minutes']} min per cycle")
     t.add_row("tokens", f"{bud['tokens_used']} used" + (f", {bud['tokens_left']} left" if bud.get("tokens_left") is not None else ""))
     t.add_row("cost", f"${bud['cost_used_usd']:.4f}" + (f", ${bud['cost_left_usd']:.4f} left" if bud.get("cost_left_usd") is not None else ""))
+    for name, why in (data.get("sink_failures") or {}).items():
+        t.add_row(f"sink {name}", f"[yellow]off[/]: {why}")
     if data.get("stop"):
         s = data["stop"]
         t.add_row("stopped", f"{s['reason']} (exit {s['exit_code']}): {s['message']}")
@@ -396,18 +407,25 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the markdown report."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Write reports/final_report.md and reports/leaderboard.json from the journal."""
-    from .report import write_report
+    """Write final_report.md, report.html, progress.png, leaderboard.json, versions.json (and
+    timeline.json) from the journal."""
+    from .report import build_report
 
     try:
         if config is None and run is not None:
             cfg = load_config(find_config(run.resolve().parent))
         else:
             cfg = _cfg(config)
-        md, lb = write_report(cfg, out.resolve() if out else None)
+        files = build_report(cfg, out.resolve() if out else None)
     except RalphError as exc:
         _fail(exc)
-    console.print(f"report: {md}\nleaderboard: {lb}")
+    console.print(f"report: {files.markdown}\nhtml: {files.html}\nleaderboard: {files.leaderboard}")
+    if files.progress_png:
+        console.print(f"chart: {files.progress_png}")
+    if files.timeline:
+        console.print(f"timeline: {files.timeline} (open in ui.perfetto.dev or chrome://tracing)")
+    for note in files.notes:
+        console.print(f"[yellow]note:[/] {note}")
 
 
 @app.command()

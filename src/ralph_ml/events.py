@@ -76,11 +76,20 @@ class EventBus:
             try:
                 sink(event)
             except Exception as exc:  # a sink never stops the loop
-                name = type(sink).__name__
+                name = str(getattr(sink, "name", "") or type(sink).__name__)
                 if name not in self.failures:
                     self.failures[name] = f"{type(exc).__name__}: {exc}"
                     log.warning("event sink %s failed on %r (%s); it keeps receiving events", name, kind, exc)
         return event
+
+    def all_failures(self) -> dict[str, str]:
+        """Sinks that failed or switched themselves off, and why."""
+        out = dict(self.failures)
+        for sink in self.sinks:
+            why = getattr(sink, "failure", None)
+            if isinstance(why, str) and why:
+                out[str(getattr(sink, "name", type(sink).__name__))] = why
+        return out
 
     def close(self) -> None:
         for sink in self.sinks:

@@ -360,6 +360,7 @@ class Loop:
             },
             "stop": None if stop is None else {**stop.to_dict(), "exit_code": stop.exit_code},
             "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
+            "sink_failures": self.bus.all_failures(),  # tracking sinks switched off (fail soft), and why
         }
         write_json_atomic(self.state_path, state)
 

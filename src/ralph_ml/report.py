@@ -336,20 +336,21 @@ def build_report(cfg: Config, out: Path | None = None, *, charts_enabled: bool =
     write_json_atomic(lb_path, {"run_id": rp.run["run_id"], "target": cfg.target.describe(), "leaderboard": board})
     ctx = ReportContext(cfg, rp, cycle_views(rp.records, cfg, runs_dir), board, best_of(rp.records))
     timeline_path: Path | None = None
-    if any(r.parent is not None for r in rp.records):  # a branching run: draw its version tree
-        from . import versions
+    from . import versions
 
-        write_json_atomic(folder / "versions.json", versions.tree(rp.records))
+    write_json_atomic(folder / "versions.json", versions.tree(rp.records))
+    ctx.files["versions.json"] = "versions.json"
+    if any(r.parent is not None or r.proposal.patch for r in rp.records):  # code changes: draw the tree of versions explored
         ctx.tree = versions.render(rp.records, cfg.target.name)
-        ctx.files["versions.json"] = "versions.json"
     if cfg.observability.timeline:
         from .timeline import write_timeline
 
         try:
-            timeline_path = write_timeline(state_dir / "events.jsonl", folder / "timeline.json")
+            timeline_path = write_timeline(state_dir / "events.jsonl", folder / "timeline.json", rp.stopped)
             ctx.files["timeline.json (open in ui.perfetto.dev or chrome://tracing)"] = "timeline.json"
-        except OSError as exc:
-            ctx.notes.append(f"timeline.json could not be written ({exc})")
+        except Exception as exc:  # the trace is a convenience; never lose the report for it
+            ctx.notes.append(f"timeline.json could not be written ({type(exc).__name__}: {exc})")
+            log.warning("%s", ctx.notes[-1], exc_info=True)
     if charts_enabled:
         _draw(ctx, runs_dir)
     png_written: Path | None = None
@@ -359,14 +360,12 @@ def build_report(cfg: Config, out: Path | None = None, *, charts_enabled: bool =
     elif png_path.exists():  # never leave a stale chart beside a fresh report
         png_path.unlink()
     ctx.files = {"final_report.md": md_path.name, "leaderboard.json": lb_path.name, **ctx.files}
-    write_text_atomic(html_path, render_html(ctx))
-    from . import versions
-
-    write_json_atomic(folder / "versions.json", versions.tree(rp.records))
-    md = render_markdown(ctx, png_written is not None)
-    if any(r.proposal.patch for r in rp.records):  # code changes: draw the tree of versions explored
-        md += "\n## Version tree\n\n```\n" + versions.render(rp.records, cfg.target.name) + "\n```\n"
-    write_text_atomic(md_path, md)
+    try:
+        write_text_atomic(html_path, render_html(ctx))
+    except Exception as exc:  # the markdown below still says everything
+        ctx.notes.append(f"report.html could not be written ({type(exc).__name__}: {exc})")
+        log.warning("%s", ctx.notes[-1], exc_info=True)
+    write_text_atomic(md_path, render_markdown(ctx, png_written is not None))
     return ReportFiles(md_path, lb_path, html_path, png_written, timeline_path, ctx.notes, time.perf_counter() - t0)
 
 
@@ -461,7 +460,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
                 )
         lines.append("")
     if ctx.tree:
-        lines += ["## Versions", "", "Each cycle under the version its code derives from.", "", "```", ctx.tree, "```", ""]
+        lines += ["## Version tree", "", "Each cycle under the version its code derives from.", "", "```", ctx.tree, "```", ""]
     kept = [v for v in ctx.views if v.record.kept]
     if kept:
         lines += ["## Kept changes", ""]

@@ -99,8 +99,8 @@ def render_html(ctx: ReportContext) -> str:
     if "curves" in ctx.images:
         parts.append("<h2>Learning curves of the best cycles</h2>" + _img(ctx, "curves", "learning curves"))
     if "params" in ctx.images:
-        parts.append(f"<h2>Parameter effects</h2><p class=muted>{name} against each parameter; ★ the best cycle; "
-                     "× at the bottom: cycles without a score.</p>" + _img(ctx, "params", "parameter effects"))
+        parts.append(f"<h2>Parameter effects</h2><p class=muted>{name} against each parameter that varied; ★ the best "
+                     "cycle; × beyond the grey line: cycles without a score.</p>" + _img(ctx, "params", "parameter effects"))
     compared = [v for v in ctx.views if v.baseline is not None]
     if compared:
         rows = []
@@ -119,7 +119,7 @@ def render_html(ctx: ReportContext) -> str:
                 [[_e(r["param"]), _e(r["change"]), str(r["tried"]), str(r["helped"]), str(r["hurt"]), str(r["failed"]),
                   _e(_delta(r["mean_delta"]))] for r in agg], {2, 3, 4, 5, 6}))
     if ctx.tree:
-        parts.append(f"<h2>Versions</h2><p class=muted>Each cycle under the version its code derives from.</p><pre>{_e(ctx.tree)}</pre>")
+        parts.append(f"<h2>Version tree</h2><p class=muted>Each cycle under the version its code derives from.</p><pre>{_e(ctx.tree)}</pre>")
     kept = [v for v in ctx.views if v.record.kept]
     if kept:
         parts.append("<h2>Kept changes</h2>")

@@ -34,7 +34,7 @@ def _span(name: str, cat: str, start: float, end: float, pid: int, tid: int, arg
         "cat": cat,
         "ph": "X",
         "ts": round(start * _US),
-        "dur": max(0, round((end - start) * _US)),
+        "dur": max(0, round(end * _US) - round(start * _US)),  # so that spans that touch do not overlap
         "pid": pid,
         "tid": tid,
         "args": args,
@@ -105,8 +105,16 @@ class _Session:
             self.end_cycle(cycle, ts, {"verdict": "interrupted"}, f"cycle {cycle} (interrupted)")
 
 
-def build_trace(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """A Chrome trace document (``{"traceEvents": [...]}``) from the run's events, in order."""
+def build_trace(events: list[dict[str, Any]], stopped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Chrome trace document (``{"traceEvents": [...]}``) from the run's events, in order.
+
+    ``stopped`` is the journal's ``run_stopped`` entry: the loop writes the report (and this
+    trace) before it emits its own ``run_stopped`` event, so the end of the run comes from it.
+    """
+    if stopped is not None and events and float(stopped.get("ts", 0.0)) >= float(events[-1].get("ts", 0.0)):
+        if not any(e.get("kind") == "run_stopped" for e in events[-3:]):
+            events = [*events, {"ts": stopped["ts"], "kind": "run_stopped", "decision": stopped.get("decision"),
+                                "exit_code": stopped.get("exit_code")}]
     out: list[dict[str, Any]] = []
     sess: _Session | None = None
     last_ts = 0.0
@@ -153,10 +161,10 @@ def build_trace(events: list[dict[str, Any]]) -> dict[str, Any]:
     return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": {"source": "ralph-ml state/events.jsonl"}}
 
 
-def write_timeline(events_path: Path, out: Path) -> Path:
+def write_timeline(events_path: Path, out: Path, stopped: dict[str, Any] | None = None) -> Path:
     """Write the Chrome trace of ``events_path`` to ``out`` (atomically) and return ``out``."""
     from .journal import write_json_atomic
 
     events, _ = read_events(events_path)
-    write_json_atomic(out, build_trace(events), indent=None)
+    write_json_atomic(out, build_trace(events, stopped), indent=None)
     return out

@@ -39,6 +39,7 @@ def test_report_best_apply_and_resume_by_state(exp) -> None:  # type: ignore[no-
     out = root / "elsewhere" / "r.md"
     proc = ralph(root, "report", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    assert f"html: {out.parent / 'report.html'}" in proc.stdout and (out.parent / "report.html").exists()
     text = out.read_text()
     assert "max_cycles" in text and "| 3 |" in text
     assert json.loads((out.parent / "leaderboard.json").read_text())["leaderboard"][0]["rank"] == 1

@@ -22,7 +22,7 @@ __all__ = ["CycleData", "SinkError", "TrackingSink", "build_sinks"]
 # logger name -> (module that must import, what to install)
 REQUIRES = {
     "mlflow": ("mlflow", "pip install 'ralph-ml[mlflow]'"),
-    "tensorboard": ("tensorboardX", "pip install 'ralph-ml[tensorboard]'"),
+    "tensorboard": ("tensorboard", "pip install 'ralph-ml[tensorboard]'"),
     "wandb": ("wandb", "pip install 'ralph-ml[wandb]'"),
 }
 

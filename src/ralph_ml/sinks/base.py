@@ -98,6 +98,7 @@ class TrackingSink:
         self.state_dir = cfg.path(cfg.paths.state)
         self.best: CycleRecord | None = None
         self._open = False
+        self._stopped = False
         self._disabled: str | None = None
 
     # -- to implement
@@ -133,12 +134,15 @@ class TrackingSink:
             self.stopped(dict(event.get("decision") or {}), event.get("exit_code"))
             self._stopped = True
 
-    _stopped = False
-
     def close(self) -> None:
         if self._open:
             self._open = False
             self.shutdown(self._stopped)
+
+    @property
+    def failure(self) -> str | None:
+        """Why this sink switched itself off (shown by `ralph-ml status`), or None."""
+        return self._disabled
 
     def _start(self, resumed: bool) -> None:
         try:

@@ -11,6 +11,7 @@ by default) and the best one carries the alias ``champion``. The parent is found
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class MlflowSink(TrackingSink):
     def open(self, resumed: bool) -> None:
         for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.tracking._tracking_service.client"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # A local tracking store: no usage telemetry leaves this machine unless the user opts in.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         if self.uri.startswith("sqlite:///"):
@@ -154,6 +157,7 @@ class MlflowSink(TrackingSink):
         extra = {"ralph/duration_s": res.duration_s, "ralph/tokens_used": float(r.proposal.tokens_used),
                  "ralph/cost_usd": r.proposal.cost_usd, "ralph/kept": float(r.kept)}
         metrics += [Metric(k, float(v), end_ms + 1, 0) for k, v in extra.items()]
+        metrics = list({(m.key, m.step, m.timestamp, m.value): m for m in metrics}.values())  # exact repeats: once
         for i in range(0, len(metrics), _BATCH):
             c.log_batch(rid, metrics=metrics[i:i + _BATCH])
         for f in d.artifacts():

@@ -1,0 +1,140 @@
+"""The report's reading of a run: comparisons with the best so far, lessons per kind of change,
+and a 100-cycle report built within the time the loop can spend at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_experiment
+
+from ralph_ml.config import Config, load_config
+from ralph_ml.journal import Journal
+from ralph_ml.records import Analysis, CycleRecord, FailureClass, Proposal, TrialResult, TrialStatus
+from ralph_ml.report import Change, build_report, cycle_views, lessons
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "default": 0.01},
+    "opt": {"type": "categorical", "choices": ["sgd", "adam"], "default": "sgd"},
+}
+
+
+def _cfg(tmp_path: Path, **kw: object) -> Config:
+    root = make_experiment(tmp_path / "exp", "print('val_accuracy: 1')\n", target=0.95, space=SPACE, **kw)  # type: ignore[arg-type]
+    return load_config(root / "ralph.toml")
+
+
+def rec(cycle: int, params: dict[str, object], metric: float | None, verdict: str, *,
+        status: TrialStatus = TrialStatus.OK, failure: FailureClass = FailureClass.NONE, tokens: int = 0,
+        t0: float = 1000.0, patch: str | None = None) -> CycleRecord:
+    start = t0 + cycle * 10
+    return CycleRecord(
+        cycle=cycle,
+        proposal=Proposal(params=params, patch=patch, rationale=f"try {cycle}", agent="test", tokens_used=tokens, cost_usd=tokens * 1e-6),
+        result=TrialResult(status=status, failure=failure, metrics={} if metric is None else {"val_accuracy": metric},
+                           started_at=start, ended_at=start + 2.5, message="boom" if metric is None else ""),
+        metric=metric,
+        kept=verdict == "kept",
+        verdict=verdict,
+        analysis=Analysis(diagnosis="improving", summary=""),
+    )
+
+
+RUN = [
+    rec(1, {"lr": 0.01, "opt": "sgd"}, 0.50, "kept"),
+    rec(2, {"lr": 0.003, "opt": "sgd"}, 0.60, "kept"),
+    rec(3, {"lr": 0.001, "opt": "adam"}, 0.55, "discarded"),
+    rec(4, {"lr": 0.9, "opt": "sgd"}, None, "failed", status=TrialStatus.FAILED, failure=FailureClass.CRASH),
+    rec(5, {"lr": 0.002, "opt": "sgd"}, None, "pruned", status=TrialStatus.PRUNED),
+    rec(6, {"lr": 0.003, "opt": "adam"}, 0.70, "kept", patch="--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-A = 1\n+A = 2\n"),
+]
+
+
+def test_each_cycle_is_compared_with_the_best_so_far_when_it_ran(tmp_path: Path) -> None:
+    views = cycle_views(RUN, _cfg(tmp_path), tmp_path / "no-runs")
+    v = {x.cycle: x for x in views}
+    assert v[1].baseline is None and v[1].changes == () and v[1].outcome == "baseline"  # the defaults
+    assert v[2].changes == (Change("lr", 0.01, 0.003),) and v[2].delta == pytest.approx(0.1) and v[2].outcome == "helped"
+    assert v[3].baseline is RUN[1] and v[3].delta == pytest.approx(-0.05) and v[3].outcome == "hurt"
+    assert {c.name for c in v[3].changes} == {"lr", "opt"}
+    assert v[4].category == "failed" and v[4].outcome == "failed (crash)" and v[4].delta is None
+    assert v[5].category == "pruned"
+    assert v[6].patch is not None and "+A = 2" in v[6].patch and v[6].changes == (Change("opt", "sgd", "adam"),)
+    assert [x.best_after for x in views] == [0.5, 0.6, 0.6, 0.6, 0.6, 0.7]
+
+
+def test_params_json_is_what_the_trial_ran_with(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    (runs / "cycle_0002").mkdir(parents=True)
+    (runs / "cycle_0002" / "params.json").write_text(json.dumps({"lr": 0.004, "opt": "sgd", "extra": 3}))
+    v = cycle_views(RUN[:2], _cfg(tmp_path), runs)[1]
+    assert v.params == {"lr": 0.004, "opt": "sgd", "extra": 3}
+    assert set(v.changes) == {Change("lr", 0.01, 0.004), Change("extra", None, 3)}
+
+
+def test_lessons_count_what_each_kind_of_change_did(tmp_path: Path) -> None:
+    rows = {(r["param"], r["change"]): r for r in lessons(cycle_views(RUN, _cfg(tmp_path), tmp_path))}
+    down = rows[("lr", "decrease")]  # cycles 2 (helped), 3 (hurt), 5 (pruned: no score)
+    assert (down["tried"], down["helped"], down["hurt"], down["failed"]) == (3, 1, 1, 1)
+    assert down["mean_delta"] == pytest.approx((0.1 - 0.05) / 2)
+    up = rows[("lr", "increase")]  # cycle 4 crashed
+    assert (up["helped"], up["hurt"], up["failed"]) == (0, 0, 1) and up["mean_delta"] is None
+    assert rows[("opt", "= adam")]["helped"] == 1 and rows[("opt", "= adam")]["hurt"] == 1
+
+
+def _synthetic_run(cfg: Config, n: int, steps: int) -> None:
+    """A journal, events and cycle folders as the loop writes them, for n cycles."""
+    state, runs = cfg.path(cfg.paths.state), cfg.path(cfg.paths.runs)
+    j = Journal(state / "journal.jsonl")
+    j.append({"type": "run_started", "ts": 1000.0, "run_id": "r-1", "target": {}})
+    events = [{"ts": 1000.0, "run_id": "r-1", "kind": "run_started", "resumed": False}]
+    best = -math.inf
+    for c in range(1, n + 1):
+        lr = 10 ** (-4 + 4 * ((c * 0.618) % 1.0))
+        acc = 0.9 - (math.log10(lr) + 2.5) ** 2 / 10
+        failed = c % 9 == 0
+        verdict = "failed" if failed else ("kept" if acc > best else "discarded")
+        best = max(best, acc) if not failed else best
+        r = rec(c, {"lr": lr, "opt": "adam" if c % 2 else "sgd"}, None if failed else acc, verdict,
+                status=TrialStatus.FAILED if failed else TrialStatus.OK, failure=FailureClass.CRASH if failed else FailureClass.NONE,
+                tokens=100)
+        cdir = runs / f"cycle_{c:04d}"
+        cdir.mkdir(parents=True)
+        (cdir / "params.json").write_text(json.dumps(r.proposal.params))
+        (cdir / "progress.jsonl").write_text("".join(
+            json.dumps({"step": s, "time": 1000.0 + s, "val_accuracy": acc * s / steps, "loss": 1 / s}) + "\n" for s in range(1, steps + 1)))
+        j.append({"type": "cycle_recorded", "ts": 1000.0 + c, "cycle": c, "record": r.to_dict(),
+                  "decision": {"action": "continue"}, "elapsed_s": 10.0 * c})
+        t = r.result.started_at
+        for i, phase in enumerate(("propose", "materialize", "execute", "analyze", "decide")):
+            events.append({"ts": t + i * 0.5, "run_id": "r-1", "kind": "phase", "cycle": c, "phase": phase})
+        events.append({"ts": t + 1.0, "run_id": "r-1", "kind": "trial_started", "cycle": c})
+        events.append({"ts": t + 1.4, "run_id": "r-1", "kind": "trial_ended", "cycle": c, "status": r.result.status.value})
+        events.append({"ts": t + 2.5, "run_id": "r-1", "kind": "cycle_recorded", "cycle": c, "verdict": verdict})
+    j.append({"type": "run_stopped", "ts": 2000.0, "exit_code": 2, "elapsed_s": 10.0 * n,
+              "decision": {"action": "stop", "reason": "max_cycles", "message": f"reached safeguards.max_cycles = {n}",
+                           "evidence": {"cycles": n}}})
+    j.close()
+    (state / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_a_100_cycle_report_is_complete_and_fast(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    _synthetic_run(cfg, 100, 50)
+    build_report(cfg)  # warm up: imports (the loop process has them loaded when it reports)
+    t0 = time.perf_counter()
+    files = build_report(cfg)
+    seconds = time.perf_counter() - t0
+    # 2 s is the budget on an idle 2-core machine; leave room for a loaded CI box.
+    assert seconds < 4.0, f"report took {seconds:.2f} s"
+    assert files.notes == []
+    assert files.progress_png is not None and files.progress_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = files.html.read_text()
+    assert html.count("data:image/png;base64,") == 4  # progress, learning curves, params, time
+    md = files.markdown.read_text()
+    assert "**max_cycles** (exit 2)" in md and "![val_accuracy per cycle](progress.png)" in md
+    assert md.count("\n| ") >= 100 + 100  # every cycle in the table, every compared cycle in what worked/hurt
+    assert "- agent usage: 10000 tokens, $0.0100" in md
