@@ -40,7 +40,7 @@ class FakeLLM:
     def __init__(self, script: list[Script] | None = None, default: Callable[[dict[str, Any]], Reply] | None = None) -> None:
         self.script: list[Script] = list(script or [])
         self.default = default
-        self.requests: list[dict[str, Any]] = []  # {"body": ..., "headers": ...}
+        self.requests: list[dict[str, Any]] = []  # {"body": ..., "headers": (lower-case names), "path": ...}
         self._lock = threading.Lock()
         outer = self
 
@@ -52,7 +52,9 @@ class FakeLLM:
                 n = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(n) or b"{}")
                 with outer._lock:
-                    outer.requests.append({"body": body, "headers": dict(self.headers), "path": self.path})
+                    outer.requests.append(
+                        {"body": body, "headers": {k.lower(): v for k, v in self.headers.items()}, "path": self.path}
+                    )
                     item: Script | None = outer.script.pop(0) if outer.script else outer.default
                 if item is None:
                     reply = error(400, "fake server: no scripted reply left")

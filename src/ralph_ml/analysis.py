@@ -199,7 +199,9 @@ def render_markdown(cycle: int, analysis: Analysis, result: TrialResult, metric:
         f"- status: **{result.status.value}**" + (f" ({result.failure.value})" if result.failure is not FailureClass.NONE else ""),
         f"- verdict: **{verdict}**",
         f"- target metric: {metric if metric is not None else 'n/a'}",
-        f"- diagnosis: **{analysis.diagnosis}**",
+        f"- diagnosis: **{analysis.diagnosis}**"
+        + (f" (by the {analysis.agent} analysis agent" + (f"; its advice: {analysis.advice}" if analysis.advice else "") + ")"
+           if analysis.agent != "builtin" else ""),
         "",
         analysis.summary,
         "",

@@ -91,8 +91,51 @@ class Safeguards(_Model):
     max_consecutive_failures: int = Field(default=3, ge=1)
 
 
+class RayExecution(_Model):
+    """``[execution.ray]``: each trial is a detached Ray actor running the trial command."""
+
+    # None: start a private local Ray; "auto": the cluster this machine joined (`ray start`);
+    # "host:6379" (the head's GCS) or "ray://host:10001" (Ray Client, e.g. KubeRay's head service).
+    address: Optional[str] = None
+    namespace: str = Field(default="ralph-ml", min_length=1)  # where the trials' named actors live
+    num_cpus: float = Field(default=1.0, ge=0.0)  # Ray logical CPUs held per trial
+    num_gpus: float = Field(default=0.0, ge=0.0)  # GPUs per trial; Ray sets CUDA_VISIBLE_DEVICES
+    resources: dict[str, float] = Field(default_factory=dict)  # custom resources per trial, e.g. {a100 = 1}
+    # "shared": workers see the experiment folder at the same path (NFS, one machine);
+    # "ship": the code folder travels through Ray's object store to a private folder on the
+    # worker; logs, progress, metrics and checkpoints come back into runs/cycle_NNNN/ while it
+    # runs and when it ends (no shared filesystem needed: KubeRay, cloud clusters).
+    code_transfer: Literal["shared", "ship"] = "shared"
+    sync_interval_s: float = Field(default=1.0, gt=0.0)  # ship: how often files go back and forth
+    # Passed to each trial's actor as Ray's runtime_env: pip/conda/uv packages, env_vars,
+    # container, or a *remote* working_dir URI (s3://, gs://, https://...zip).
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    scheduling_strategy: Literal["DEFAULT", "SPREAD"] = "DEFAULT"
+    keep_finished_s: float = Field(default=3600.0, ge=0.0)  # a finished, uncollected trial's actor waits this long
+    check_feasible: bool = True  # refuse to start when no alive node can ever fit a trial (off with an autoscaler)
+    worker_dir: Optional[str] = None  # ship: where trials run on the workers (default: <tmp>/ralph-ml-trials)
+
+
+class SlurmExecution(_Model):
+    """``[execution.slurm]``: each trial is one Slurm job submitted with submitit."""
+
+    backend: Literal["slurm", "local"] = "slurm"  # local: submitit's LocalExecutor, to try it on a laptop
+    folder: str = "runs/slurm"  # submitit's job files; must be on a filesystem the nodes share
+    partition: Optional[str] = None
+    time_min: Optional[int] = Field(default=None, ge=1)  # default: the per-cycle limit + 5 minutes
+    gpus_per_node: int = Field(default=0, ge=0)
+    cpus_per_task: int = Field(default=1, ge=1)
+    mem_gb: Optional[float] = Field(default=None, gt=0.0)
+    additional_parameters: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)  # any #SBATCH option
+    setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load ...)
+    max_requeues: int = Field(default=3, ge=0)  # preemptions/time-outs a trial may be requeued after
+    signal_delay_s: int = Field(default=90, ge=0)  # USR2 this long before the time limit: checkpoint and requeue
+    python: Optional[str] = None  # how the nodes run python; default: this interpreter
+    poll_s: float = Field(default=15.0, gt=0.0)  # how often the queue (sacct) is asked about a job
+
+
 class Execution(_Model):
-    mode: Literal["local"] = "local"
+    mode: Literal["local", "ray", "slurm"] = "local"
     python: str = "python"
     train_cmd: str = Field(default="python train.py", min_length=1)
     eval_cmd: Optional[str] = None
@@ -107,6 +150,8 @@ class Execution(_Model):
     gpus: Union[list[int], Literal["auto"]] = "auto"
     gpus_per_trial: Optional[int] = Field(default=None, ge=0)  # default: 1 when the pool has GPUs
     cpus_per_trial: Optional[int] = Field(default=None, ge=1)  # sets OMP/MKL_NUM_THREADS per trial
+    ray: RayExecution = Field(default_factory=RayExecution)  # used when mode = "ray"
+    slurm: SlurmExecution = Field(default_factory=SlurmExecution)  # used when mode = "slurm"
 
     @field_validator("metrics_pattern")
     @classmethod
@@ -142,7 +187,7 @@ class LLMAgent(_Model):
     mode: Literal["hybrid", "params", "patch"] = "hybrid"
     hybrid_patch_after: int = Field(default=2, ge=1)  # no-improvement streak that switches to patches
     max_invalid_patches: int = Field(default=2, ge=1)  # invalid patches in a row: back to params
-    baseline_first: bool = True  # cycle 1 runs the search-space defaults without a call
+    baseline_first: bool = True  # cycle 1 runs the current code with the defaults, no call (CLI agents too)
     structured_output: Literal["auto", "json_schema", "json_object", "text"] = "auto"
     prompts_dir: Optional[str] = None  # folder of *.md templates overriding the packaged ones
     price_per_1k_input: float = Field(default=0.0, ge=0.0)  # USD per 1000 prompt tokens
@@ -241,7 +286,7 @@ class Observability(_Model):
     @field_validator("logger", mode="before")
     @classmethod
     def _loggers(cls, v: Any) -> Any:
-        names = [s.strip() for s in v.split(",")] if isinstance(v, str) else v
+        names = [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
         if not isinstance(names, list):
             return v
         for n in names:
@@ -352,6 +397,15 @@ class Config(_Model):
     def path(self, rel: str) -> Path:
         p = Path(rel).expanduser()
         return (p if p.is_absolute() else self.root / p).resolve()
+
+    def executor_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``get_executor(execution.mode, ...)`` from the mode's sub-table."""
+        ex = self.execution
+        if ex.mode == "ray":
+            return ex.ray.model_dump()
+        if ex.mode == "slurm":
+            return {**ex.slurm.model_dump(), "folder": str(self.path(ex.slurm.folder))}
+        return {}
 
     @property
     def target(self) -> TargetMetric:

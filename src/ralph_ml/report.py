@@ -243,11 +243,11 @@ class ReportContext:
 
     @property
     def tokens(self) -> int:
-        return sum(v.record.proposal.tokens_used for v in self.views)
+        return sum(v.record.tokens_used for v in self.views)
 
     @property
     def cost_usd(self) -> float:
-        return sum(v.record.proposal.cost_usd for v in self.views)
+        return sum(v.record.cost_usd for v in self.views)
 
     @property
     def trial_seconds(self) -> float:
@@ -488,7 +488,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
         status = r.result.status.value + (f" ({r.result.failure.value})" if r.result.failure.value != "none" else "")
         diag = r.analysis.diagnosis if r.analysis else ""
         lines.append(
-            f"| {r.cycle} | {status} | {m} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.proposal.tokens_used} | {_cell(_fmt_params(v.params))} |"
+            f"| {r.cycle} | {status} | {m} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.tokens_used} | {_cell(_fmt_params(v.params))} |"
         )
     failed = [r for r in records if r.metric is None]
     if failed:

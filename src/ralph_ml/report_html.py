@@ -145,8 +145,8 @@ def render_html(ctx: ReportContext) -> str:
         r = v.record
         status = r.result.status.value + (f" ({r.result.failure.value})" if r.result.failure.value != "none" else "")
         rows.append([str(r.cycle), _e(status), _e(f"{r.metric:.6g}") if r.metric is not None else "n/a", "<span class=kept>kept</span>" if r.kept else _e(r.verdict),
-                     _e(r.analysis.diagnosis if r.analysis else ""), f"{r.result.duration_s:.1f}", str(r.proposal.tokens_used),
-                     f"{r.proposal.cost_usd:.4f}", _e(_fmt_params(v.params))])
+                     _e(r.analysis.diagnosis if r.analysis else ""), f"{r.result.duration_s:.1f}", str(r.tokens_used),
+                     f"{r.cost_usd:.4f}", _e(_fmt_params(v.params))])
     parts.append("<h2>Cycles</h2>" + _table(["cycle", "status", name, "verdict", "diagnosis", "seconds", "tokens", "cost $", "params"], rows, {0, 2, 5, 6, 7}))
     failed = [v.record for v in ctx.views if v.record.metric is None and v.record.result.message]
     if failed:

@@ -138,3 +138,15 @@ def test_a_100_cycle_report_is_complete_and_fast(tmp_path: Path) -> None:
     assert "**max_cycles** (exit 2)" in md and "![val_accuracy per cycle](progress.png)" in md
     assert md.count("\n| ") >= 100 + 100  # every cycle in the table, every compared cycle in what worked/hurt
     assert "- agent usage: 10000 tokens, $0.0100" in md
+
+
+def test_token_and_cost_totals_include_the_analysis_agent(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    j = Journal(cfg.path(cfg.paths.state) / "journal.jsonl")
+    j.append({"type": "run_started", "ts": 1000.0, "run_id": "r-1", "target": {}})
+    r = rec(1, {"lr": 0.01, "opt": "sgd"}, 0.5, "kept", tokens=5)
+    r = CycleRecord(**{**r.__dict__, "analysis": Analysis(diagnosis="baseline", summary="", tokens_used=7, cost_usd=0.5)})
+    j.append({"type": "cycle_recorded", "ts": 1001.0, "cycle": 1, "record": r.to_dict(), "decision": {"action": "continue"}})
+    j.close()
+    files = build_report(cfg, charts_enabled=False)
+    assert "12 tokens" in files.markdown.read_text()  # 5 for the proposal + 7 for the analysis

@@ -246,3 +246,6 @@ def run_analyst(
     except AgentError as exc:
         note = f" [analysis agent {analyst.name} failed, built-in analysis used: {clip(str(exc), 500)}]"
         return replace(builtin, summary=builtin.summary + note, tokens_used=exc.tokens_used, cost_usd=exc.cost_usd)
+    except Exception as exc:  # agents are untrusted: a bug in one never stops the run
+        note = f" [analysis agent {analyst.name} crashed ({type(exc).__name__}: {clip(str(exc), 300)}), built-in analysis used]"
+        return replace(builtin, summary=builtin.summary + note)

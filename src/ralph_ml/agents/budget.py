@@ -40,9 +40,8 @@ def make_budget(
             room = int(money / price_per_1k_output * 1000) if price_per_1k_output > 0 else (allowed if money > 0 else 0)
             if room < allowed:
                 allowed, binding = room, ("safeguards.cost_budget_usd", f"${cost_left_usd - spent_cost:.4f}", "cost")
-        if allowed >= MIN_COMPLETION_TOKENS:
+        if binding is None or allowed >= MIN_COMPLETION_TOKENS:
             return allowed
-        assert binding is not None  # max_tokens >= 16 by config, so a budget is binding
         key, left_s, kind = binding
         meta: dict[str, object] = {}
         if spent_tokens == 0:

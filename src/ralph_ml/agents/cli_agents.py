@@ -28,6 +28,7 @@ from .base import Agent, AgentContext
 from .briefing import base_values, render
 from .cli_backends import BACKENDS, CLIBackend, CLIUsage
 from .codebase import PLAN_FILE, diff_trees, materialize_best, missing_mutable, read_tree
+from .openai_agent import baseline, baseline_proposal
 from .prompts import PLACEHOLDERS, Prompts
 
 
@@ -177,6 +178,8 @@ class CLIAgent(Agent):
             before = read_tree(code, cfg.files.exclude)
             missing = missing_mutable(code, cfg)
             mode = "initial" if missing else "patch"
+            if not missing and (first := baseline_proposal(cfg, ctx, self.name)) is not None:
+                return first  # measure the code as it is before paying for an agent run
             values = base_values(cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={})
             if missing:
                 values["task"] = INITIAL_TASK.format(plan=PLAN_FILE, missing=", ".join(missing), frozen=values["frozen"])
@@ -205,7 +208,8 @@ class CLIAgent(Agent):
         if binary:
             meta["binary_ignored"] = binary
         rationale = " ".join(run.usage.text.split())[:300] or f"{self.name} edit"
-        return Proposal(params={}, patch=patch, rationale=rationale, agent=self.name, tokens_used=tokens, cost_usd=cost, meta=meta)
+        params = (baseline(cfg.search_space) or {}) if ctx.best is None else {}  # nothing kept yet: the defaults
+        return Proposal(params=params, patch=patch, rationale=rationale, agent=self.name, tokens_used=tokens, cost_usd=cost, meta=meta)
 
 
 def cli_agent_factory(name: str) -> type[Agent]:

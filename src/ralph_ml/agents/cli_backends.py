@@ -229,7 +229,8 @@ class Aider(CLIBackend):
             out += _count(m.group(3), m.group(4))
             if m.group(5):
                 cost = (cost or 0.0) + float(m.group(5))
-        return CLIUsage(inp, out, cost, stdout[-4000:], "")
+        text = "\n".join(ln for ln in stdout.splitlines() if not _AIDER_TOKENS.search(ln)).strip()
+        return CLIUsage(inp, out, cost, text[-4000:], "")
 
 
 BACKENDS: dict[str, type[CLIBackend]] = {b.name: b for b in (ClaudeCode, Codex, OpenCode, Aider)}

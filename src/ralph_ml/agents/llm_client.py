@@ -88,6 +88,7 @@ class ChatClient:
         self.openai = require_openai()
         self._level = 0 if llm.structured_output == "auto" else LEVELS.index(llm.structured_output)
         self._max_tokens_param = "max_tokens"
+        self._cached: tuple[str, Any] | None = None  # (key, client): creating a client costs an SSL context
 
     @property
     def level(self) -> str:
@@ -110,11 +111,13 @@ class ChatClient:
         return float(prompt_tokens) / 1000 * self.llm.price_per_1k_input + completion_tokens / 1000 * self.llm.price_per_1k_output
 
     def _client(self) -> Any:
+        """The openai client for the key in the environment now (rebuilt when the key changes)."""
         env = self.llm.api_key_env
-        key = os.environ.get(env, "") if env else ""
-        return self.openai.OpenAI(
-            api_key=key or "no-key", base_url=self.llm.base_url, timeout=self.llm.timeout_s, max_retries=0
-        )
+        key = (os.environ.get(env, "") if env else "") or "no-key"
+        if self._cached is None or self._cached[0] != key:
+            client = self.openai.OpenAI(api_key=key, base_url=self.llm.base_url, timeout=self.llm.timeout_s, max_retries=0)
+            self._cached = (key, client)
+        return self._cached[1]
 
     def _response_format(self, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
         if self.level == "json_schema":
@@ -144,6 +147,7 @@ class ChatClient:
     ) -> ChatResult:
         """One completion (with retries and structured-output fallback); AgentError when it cannot be had."""
         oa = self.openai
+        secrets = secret_values((self.llm.api_key_env,))  # error texts may echo a key: never pass it on
         attempt = 0
         while True:
             rf = self._response_format(schema, name)
@@ -162,7 +166,7 @@ class ChatClient:
             except oa.APIStatusError as exc:
                 last = exc
                 status = exc.status_code
-                text = _error_text(exc)
+                text = redact(_error_text(exc), secrets)
                 transcript.write("error", status=status, error=text, level=self.level)
                 low = text.lower()
                 if status < 500 and status not in _RETRY_STATUS:
@@ -185,7 +189,7 @@ class ChatClient:
                     ) from None
             except oa.APIConnectionError as exc:  # includes APITimeoutError
                 last = exc
-                what = "timed out" if isinstance(exc, oa.APITimeoutError) else f"could not be reached ({exc})"
+                what = "timed out" if isinstance(exc, oa.APITimeoutError) else f"could not be reached ({redact(str(exc), secrets)})"
                 transcript.write("error", error=f"{type(exc).__name__}: {exc}", level=self.level)
                 if attempt >= self.llm.max_retries:
                     raise AgentError(
@@ -197,7 +201,7 @@ class ChatClient:
                 transcript.write("error", error=f"{type(exc).__name__}: {exc}")
                 raise AgentError(
                     f"the LLM endpoint {self.endpoint} returned an unusable response ({type(exc).__name__}: "
-                    f"{clip(str(exc), 300)}); transcript: {transcript.path}"
+                    f"{clip(redact(str(exc), secrets), 300)}); transcript: {transcript.path}"
                 ) from None
             else:
                 result = self._result(resp, messages)

@@ -104,6 +104,23 @@ def baseline(space: Mapping[str, Param]) -> dict[str, Any] | None:
     return out
 
 
+def baseline_proposal(cfg: Config, ctx: AgentContext, agent: str) -> Proposal | None:
+    """Cycle 1 with ``agents.llm.baseline_first``: the current code with the defaults, no call.
+
+    It gives the agent a measured starting point for free. None when the history is not
+    empty, or when the search space lacks a default (there is no baseline to run).
+    """
+    if not cfg.agents.llm.baseline_first or ctx.history:
+        return None
+    bl = baseline(cfg.search_space)
+    if cfg.search_space and bl is None:
+        return None
+    return Proposal(
+        params=bl or {}, rationale="baseline: the current code with the default of every parameter", agent=agent,
+        meta={"mode": "baseline", "source": "baseline"},
+    )
+
+
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(round(v, 12) if isinstance(v, float) else v)) for k, v in params.items()))
 
@@ -229,12 +246,8 @@ class OpenAIAgent(Agent):
             materialize_best(self.cfg, ctx.history, base)
             missing = missing_mutable(base, self.cfg)
             mode = "initial" if missing else self.mode_for(ctx.history)
-            space = self.cfg.search_space
-            if mode == "params" and self.llm.baseline_first and not ctx.history and (bl := baseline(space)) is not None:
-                return Proposal(
-                    params=bl, rationale="baseline: the default of every parameter", agent=self.name,
-                    meta={"mode": "params", "source": "baseline"},
-                )
+            if mode != "initial" and (first := baseline_proposal(self.cfg, ctx, self.name)) is not None:
+                return first
             code = code_files(base, self.cfg)
             frozen = {p: t for p, t in self._frozen_text(base).items() if p not in code}
             values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen})
@@ -283,26 +296,30 @@ class OpenAIAgent(Agent):
             return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else None
 
         if mode == "params":
-            tried = tried_on_current_code(ctx.history)
             best_params = dict(ctx.best.proposal.params) if ctx.best else {}
+            taken = {k: f"already run at cycle {c}" for k, c in tried_on_current_code(ctx.history).items()}
+            for p in ctx.pending:  # parallel trials: a configuration in flight is taken too
+                if not p.patch:
+                    taken.setdefault(_key({**best_params, **p.params}), "already running in a parallel trial")
 
             def v_params(data: dict[str, Any]) -> Proposal:
                 params = validate_params(data.get("params"), space)
                 if not params:
                     raise ReplyInvalid('"params" is empty; propose at least one value')
                 effective = {**best_params, **params}
-                if _key(effective) in tried:
-                    raise ReplyInvalid(
-                        f"this configuration was already run at cycle {tried[_key(effective)]}; propose a different one"
-                    )
+                if _key(effective) in taken:
+                    raise ReplyInvalid(f"this configuration was {taken[_key(effective)]}; propose a different one")
                 return Proposal(params=params, rationale=_rationale(data), agent=self.name, meta={"mode": "params"})
 
             return "propose_params.md", params_reply_schema(space), v_params
 
         if mode == "patch":
 
+            # Without a kept cycle there are no best params to inherit: start from the defaults.
+            start = (baseline(space) or {}) if ctx.best is None else {}
+
             def v_patch(data: dict[str, Any]) -> Proposal:
-                params = validate_params(data["params"], space) if data.get("params") else {}
+                params = {**start, **(validate_params(data["params"], space) if data.get("params") else {})}
                 if data.get("files"):
                     files = _files(data)
                     patch = diff_texts({p: t for p in files if (t := current(p)) is not None}, files)
