@@ -22,8 +22,8 @@ def scalars(logs: Mapping[str, Any] | None) -> dict[str, float]:
             size = value.numel()
         if size != 1:
             continue
-        try:
-            number = float(value)
+        try:  # .item(): numpy >= 2 refuses float() of a 1-element array; torch and JAX have it too
+            number = float(value.item() if hasattr(value, "item") else value)
         except (TypeError, ValueError):
             continue
         out[str(name)] = number

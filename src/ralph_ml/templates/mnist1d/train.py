@@ -2,7 +2,7 @@
 
 Four architecture families, chosen by the `arch` parameter: `logreg` (linear), `mlp`
 (two hidden layers), `cnn` (three strided 1-D convolutions) and `gru` (a recurrent net
-reading the signal left to right). Runs on CPU in seconds to tens of seconds:
+reading the signal left to right). Runs on one CPU thread in 3-35 s:
 `python train.py`, then `python prepare.py evaluate`. Inside the loop, hyperparameters
 come from the cycle's params.json (ralph_ml.trial.params); standalone, the DEFAULTS below
 (the baseline) are used.
@@ -31,7 +31,7 @@ DEFAULTS = {
     "epochs": 30,  # passes over the 4,000 training signals
     "batch_size": 128,  # signals per optimizer step
 }
-NUM_THREADS = 2  # torch CPU threads: 2 cores, and the loop idles while a trial runs
+NUM_THREADS = 1  # torch CPU threads: more thrash when the 2 cores are shared (measured: 15x slower)
 MAX_EPOCHS = 60  # hard cap whatever params say (the search space's top)
 MAX_WIDTH = 256  # hard cap on width (the search space's top)
 TIME_BUDGET_S = 30  # seconds of training at most: the learning-rate schedule ends by then
