@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import platform
 import queue
@@ -124,6 +125,7 @@ class Loop:
         self._verdicts: dict[str, int] = {}
         self._best: CycleRecord | None = None
         self._by_cycle: dict[int, CycleRecord] = {}
+        self._noise_ss, self._noise_dof = 0.0, 0
         self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self.pruner: TrialPruner | None = None
@@ -135,10 +137,18 @@ class Loop:
         )
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
 
+    def _noise(self) -> float | None:
+        return math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else None
+
     def _apply(self, record: CycleRecord) -> None:
         """Add a recorded cycle to the in-memory history and the running totals."""
         self.history.append(record)
         self._by_cycle[record.cycle] = record
+        values = [v for v in record.result.repeats if math.isfinite(v)] if record.result.status is TrialStatus.OK else []
+        if len(values) >= 2:  # pooled run-to-run variance, as decision.noise_std computes it
+            mean = sum(values) / len(values)
+            self._noise_ss += sum((v - mean) ** 2 for v in values)
+            self._noise_dof += len(values) - 1
         self._tokens += record.tokens_used
         self._cost += record.cost_usd
         self._verdicts[record.verdict] = self._verdicts.get(record.verdict, 0) + 1
@@ -754,7 +764,7 @@ class Loop:
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
             pass
-        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=dec.noise_std(self.history))
+        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=self._noise())
         if metric is not None and (cfg.noise.baseline_repeats or cfg.noise.confirm_repeats):
             result, metric, kept, verdict = self._noise_check(cycle, cdir, result, metric, kept, verdict)
         write_metrics(cdir, cycle, self.run_id, self.cfg.target, result)
