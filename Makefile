@@ -23,7 +23,15 @@ demo: $(VENV)/.installed
 	  echo "report: $(DEMO_DIR)/reports/final_report.md"; \
 	  case $$rc in 0|2|3) exit 0;; *) exit $$rc;; esac
 
-test: $(VENV)/.installed
+# The dashboard test drives Debian's Chromium headless through playwright (the `dev` extra);
+# it is installed here when missing, never downloaded by playwright.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	elif sudo -n true 2>/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else echo "the dashboard test needs $(CHROMIUM): run 'sudo apt-get install -y chromium' (Debian/Ubuntu)" >&2; exit 1; fi
+
+test: $(VENV)/.installed $(CHROMIUM)
 	$(PY) -m pytest -q
 
 typecheck: $(VENV)/.installed

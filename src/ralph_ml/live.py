@@ -1,20 +1,22 @@
 """The live terminal view of a run: ``ralph-ml start``/``resume`` on a terminal, ``ralph-ml watch``.
 
 A ``RunView`` folds the loop's events (in process: the ``on_event`` callback only appends
-to a deque; from another process: ``state/events.jsonl``) together with cheap reads of
-``state/ralph_state.json`` and the running cycle's log tails and ``progress.jsonl``. A
-``LiveDisplay`` thread folds, reads and renders at ~4 Hz with ``rich.live.Live``, never in
-the loop's thread. Nothing here writes into the run's folders.
+to a deque; from another process: ``state/events.jsonl`` through ``runfiles.follow_run``)
+together with cheap reads of ``state/ralph_state.json`` and the running cycle's log tails
+and ``progress.jsonl`` (``runfiles``). A ``LiveDisplay`` thread folds, reads and renders at
+~4 Hz with ``rich.live.Live``, never in the loop's thread. Nothing here writes into the
+run's folders.
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import contextlib
 import logging
 import math
 import os
-import re
+import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,166 +31,13 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Config
-from .errors import ConfigError, StateError
-from .events import read_events
 from .journal import iter_events
+from .runfiles import Event, Progress, ProgressTail, progress_of, read_state, tail_lines
 
 log = logging.getLogger("ralph_ml.live")
 
-Event = dict[str, Any]
 REFRESH_S = 0.25  # the view redraws ~4 times a second
 STATE_EVERY_S = 1.0  # ralph_state.json is re-read at most this often
-
-# Params that give the planned length of a trial, most specific first (unit, then names).
-PLANNED_PARAMS = (
-    ("steps", ("total_steps", "max_steps", "num_steps", "n_steps", "steps", "iterations", "max_iters", "num_iterations")),
-    ("epochs", ("epochs", "num_epochs", "n_epochs", "max_epochs")),
-)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-
-
-# ----------------------------------------------------------------------------- cheap readers
-def strip_ansi(line: str) -> str:
-    return _ANSI.sub("", line)
-
-
-def tail_lines(path: Path, n: int, max_bytes: int = 16_384) -> list[str]:
-    """The last ``n`` lines of a (possibly huge, growing) log: one seek and one small read.
-
-    A carriage-return progress line (tqdm) shows only its last state.
-    """
-    if n <= 0:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            fh.seek(start)
-            data = fh.read(size - start)
-    except OSError:
-        return []
-    lines = data.decode("utf-8", errors="replace").split("\n")
-    if start > 0:
-        lines = lines[1:]  # the first line read is partial
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [strip_ansi(ln.rstrip("\r").rsplit("\r", 1)[-1]).rstrip() for ln in lines[-n:]]
-
-
-class ProgressTail:
-    """A progress.jsonl read incrementally (only new bytes), kept as an evenly thinned series.
-
-    ``rows`` holds at most ``max_rows`` rows: when full, every other row is dropped and only
-    every ``stride``-th new row is kept, so a 10^6-step curve costs the same as a short one.
-    ``last`` is always the newest row.
-    """
-
-    def __init__(self, path: Path, max_rows: int = 1000) -> None:
-        self.path = path
-        self.max_rows = max_rows
-        self.offset = 0
-        self.rows: list[dict[str, Any]] = []
-        self.last: dict[str, Any] | None = None
-        self.first_step: int | None = None
-        self._stride = 1
-        self._seen = 0
-
-    def poll(self) -> bool:
-        """Read what was appended since the last call; True if there were new rows."""
-        try:
-            size = os.stat(self.path).st_size
-        except OSError:
-            return False
-        if size < self.offset:  # replaced (an interrupted cycle re-run): start over
-            self.__init__(self.path, self.max_rows)  # type: ignore[misc]
-        if size == self.offset:
-            return False
-        new = False
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            while self.offset < size:
-                data = fh.read(min(size - self.offset, 1 << 22))
-                end = data.rfind(b"\n") + 1
-                if end == 0:
-                    break  # a line still being written
-                for line in data[:end].splitlines():
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(row, dict):
-                        self._add(row)
-                        new = True
-                self.offset += end
-                fh.seek(self.offset)
-        return new
-
-    def _add(self, row: dict[str, Any]) -> None:
-        if self.first_step is None and isinstance(row.get("step"), (int, float)):
-            self.first_step = int(row["step"])
-        self.last = row
-        if self._seen % self._stride == 0:
-            self.rows.append(row)
-            if len(self.rows) > self.max_rows:
-                self.rows = self.rows[::2]
-                self._stride *= 2
-        self._seen += 1
-
-    def series(self) -> list[dict[str, Any]]:
-        """The thinned rows, always ending with the newest one."""
-        if self.last is not None and (not self.rows or self.rows[-1] is not self.last):
-            return [*self.rows, self.last]
-        return list(self.rows)
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int  # steps/epochs finished
-    total: int | None  # planned, when a param says it (and it is consistent)
-    unit: str  # "steps" | "epochs"
-    latest: dict[str, float]  # the newest row's metrics
-
-
-def planned_length(params: dict[str, Any]) -> tuple[str, int] | None:
-    """(unit, total) from a param such as ``epochs`` or ``max_steps``, if the trial has one."""
-    for unit, names in PLANNED_PARAMS:
-        for name in names:
-            v = params.get(name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and float(v).is_integer():
-                return unit, int(v)
-    return None
-
-
-def progress_of(tail: ProgressTail, params: dict[str, Any]) -> Progress | None:
-    last = tail.last
-    if last is None:
-        return None
-    step = int(last.get("step", 0)) if isinstance(last.get("step"), (int, float)) else 0
-    done = step + 1 if tail.first_step == 0 else step  # report(0) after the first epoch
-    latest = {k: float(v) for k, v in last.items() if k not in ("step", "time") and isinstance(v, (int, float))}
-    planned = planned_length(params)
-    if planned is None or done > planned[1]:
-        return Progress(done=done, total=None, unit="epochs" if "epoch" in last else "steps", latest=latest)
-    return Progress(done=done, total=planned[1], unit=planned[0], latest=latest)
-
-
-def loop_alive(state: dict[str, Any]) -> bool:
-    """Whether the loop process named in a ralph_state.json still exists."""
-    try:
-        os.kill(int(state.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return int(state.get("pid", 0)) > 0
-
-
-def read_state(state_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((state_dir / "ralph_state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # ----------------------------------------------------------------------------- the view model
@@ -246,6 +95,7 @@ class RunView:
     target_value: float
     maximize: bool
     max_cycles: int
+    plateau_cycles: int = 0  # safeguards.no_improvement_stop_cycles
     run_id: str = ""
     started: bool = False
     cycle: int = 0
@@ -269,6 +119,7 @@ class RunView:
             target_value=cfg.target.value,
             maximize=cfg.target.dir.value == "maximize",
             max_cycles=cfg.safeguards.max_cycles,
+            plateau_cycles=cfg.safeguards.no_improvement_stop_cycles,
         )
 
     def seed_from_journal(self) -> None:
@@ -326,6 +177,9 @@ class RunView:
             if done is not None and done.started_ts is not None:
                 self.last_trial = done
             return self._summary(row, ev)
+        elif kind == "notice":
+            self.note = str(ev.get("message", ""))
+            return Text(self.note, style="yellow")
         elif kind == "run_stopped":
             self.stopped = ev
             self.phase, self.phase_ts = "stopped", ts
@@ -410,10 +264,11 @@ def bar_chart(view: RunView, width: int, height: int = 4) -> Table:
         iqr = abs(q1 - q3)
         if iqr > 0:
             lo, hi = (max(lo, q3 - 3 * iqr), hi) if view.maximize else (lo, min(hi, q3 + 3 * iqr))
+    near = max(hi - lo, abs(hi) * 0.05, 1e-12) * 3  # the target joins the scale when it is this close
     if view.maximize:
-        hi = max(hi, view.target_value) if view.target_value - hi < (hi - lo + 1e-12) * 3 else hi
+        hi = max(hi, view.target_value) if view.target_value - hi <= near else hi
     else:
-        lo = min(lo, view.target_value) if lo - view.target_value < (hi - lo + 1e-12) * 3 else lo
+        lo = min(lo, view.target_value) if lo - view.target_value <= near else lo
     span = (hi - lo) or abs(hi) or 1.0
     base = lo - span * 0.15  # the lowest cycle still gets a visible bar
     levels = [None if r.metric is None or not math.isfinite(r.metric)
@@ -429,7 +284,7 @@ def bar_chart(view: RunView, width: int, height: int = 4) -> Table:
             else:
                 text.append(BLOCKS[min(8, max(0, lv - floor))] * cell, style=verdict_style(r.verdict))
             text.append(gap)
-        label = fmt_metric(hi) if line == 0 else (fmt_metric(lo) if line == height - 1 else "")
+        label = fmt_metric(hi) if line == 0 else (fmt_metric(lo) if line == height - 1 and lo < hi else "")
         grid.add_row(label, text)
     return grid
 
@@ -459,14 +314,19 @@ def _header(view: RunView, now: float) -> Panel:
     return Panel(t, title=title, title_align="left", subtitle=sub, subtitle_align="right", border_style="blue")
 
 
-def _progress_row(t: TrialView, width: int) -> list[RenderableType]:
+def _progress_row(t: TrialView, width: int, now: float) -> list[RenderableType]:
+    """[unit, bar, done/total, latest metrics and timing] (one line: the last cell is cut to fit)."""
     prog = t.prog()
+    tail = Text(no_wrap=True, overflow="ellipsis", style="dim")
+    if prog is not None:
+        tail.append("  ".join(f"{k} {fmt_metric(v)}" for k, v in list(prog.latest.items())[:4]) + "   ")
+    tail.append(_timing(t, now))
     if prog is not None and prog.total:
         return [Text(prog.unit), ProgressBar(total=prog.total, completed=prog.done, width=min(32, max(10, width // 4))),
-                Text(f"{prog.done}/{prog.total}", style="bold"), _latest(prog)]
+                Text(f"{prog.done}/{prog.total}", style="bold"), tail]
     if prog is not None:
-        return [Text(f"{prog.unit[:-1]} {prog.done}", style="bold"), _latest(prog)]
-    return [Text("no progress reported yet" if t.started_ts else "preparing the trial", style="dim")]
+        return [Text(f"{prog.unit[:-1]} {prog.done}", style="bold"), tail]
+    return [Text("no progress reported yet  " if t.started_ts else "preparing the trial  ", style="dim", no_wrap=True), tail]
 
 
 def _timing(t: TrialView, now: float) -> str:
@@ -485,13 +345,13 @@ def _trial(view: RunView, now: float, log_lines: int, width: int) -> Panel:
     params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
     body.append(Text(params or "(no params)", style="dim", overflow="ellipsis", no_wrap=True))
     line = Table.grid(padding=(0, 1))
-    line.add_row(*_progress_row(t, width), Text(_timing(t, now), style="dim"))
+    line.add_row(*_progress_row(t, width, now))
     body.append(line)
     others = sorted((o for o in view.trials.values() if o is not t), key=lambda o: o.cycle)
     if others:  # parallel trials: one line each
         grid = Table.grid(padding=(0, 1))
         for o in others[:4]:
-            grid.add_row(Text(f"cycle {o.cycle}", style="cyan"), *_progress_row(o, width), Text(_timing(o, now), style="dim"))
+            grid.add_row(Text(f"cycle {o.cycle}", style="cyan"), *_progress_row(o, width, now))
         body.append(grid)
         log_lines -= min(4, len(others))
     logs = view.cycle_dir(t.cycle) / "logs"
@@ -508,10 +368,6 @@ def _trial(view: RunView, now: float, log_lines: int, width: int) -> Panel:
     state = "running" if t.started_ts is not None and t.ended is None else ("recorded" if t is view.last_trial else "")
     title = f"trial · cycle {t.cycle}" + (f" · {state}" if state else "") + (f" · {len(view.trials)} in flight" if len(view.trials) > 1 else "")
     return Panel(Group(*body), title=title, title_align="left", border_style="cyan")
-
-
-def _latest(prog: Progress) -> Text:
-    return Text("  ".join(f"{k} {fmt_metric(v)}" for k, v in list(prog.latest.items())[:4]), style="dim")
 
 
 def _cycles(view: RunView, width: int, table_rows: int) -> Panel:
@@ -550,8 +406,8 @@ def _budgets(view: RunView, now: float) -> Panel:
     elapsed = float(st.get("elapsed_s", 0.0)) + drift
     left = bud.get("time_left_s")
     g.add_row("time", f"{fmt_s(elapsed)} elapsed" + ("" if left is None else f" · {fmt_s(float(left) - drift)} left"))
-    if sg:
-        g.add_row("plateau", f"{bud.get('no_improvement_streak', 0)} of {sg.get('no_improvement_stop_cycles')} cycles without gain")
+    plateau = sg.get("no_improvement_stop_cycles", view.plateau_cycles)
+    g.add_row("plateau", f"{bud.get('no_improvement_streak', 0)} of {plateau} cycles without gain")
     tl = bud.get("tokens_left")
     g.add_row("tokens", f"{bud.get('tokens_used', 0):,} used" + (" · no limit" if tl is None else f" · {tl:,} left"))
     cl = bud.get("cost_left_usd")
@@ -584,6 +440,10 @@ class EventQueue:
 
     def __call__(self, kind: str, event: Event) -> None:
         self._q.append(event)
+
+    def notice(self, message: str) -> None:
+        """A message for the user, shown by the display (printing directly would tear its frame)."""
+        self._q.append({"kind": "notice", "ts": time.time(), "message": message})
 
     def extend(self, events: list[Event]) -> None:
         self._q.extend(events)
@@ -619,8 +479,12 @@ class LiveDisplay:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ralph-ml-live", daemon=True)
         self._failed = False
+        self._tty: tuple[int, list[Any]] | None = None  # terminal settings to restore
+        self._events = 0  # events folded so far
+        self._last: tuple[Any, ...] = ()  # what the last frame showed (see _tick)
 
     def start(self) -> LiveDisplay:
+        self._quiet_ctrl_c()
         self._thread.start()
         return self
 
@@ -631,6 +495,23 @@ class LiveDisplay:
         if self._live is not None:
             self._live.stop()
             self._live = None
+        if self._tty is not None:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(self._tty[0], termios.TCSADRAIN, self._tty[1])
+            self._tty = None
+
+    def _quiet_ctrl_c(self) -> None:
+        """The terminal's "^C" echo would shift the frame by a line; turn it off while we draw."""
+        try:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                return
+            attrs = termios.tcgetattr(fd)
+            self._tty = (fd, list(attrs))
+            attrs[3] &= ~termios.ECHOCTL
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (OSError, ValueError, AttributeError, termios.error):
+            self._tty = None
 
     def _run(self) -> None:
         while True:
@@ -646,7 +527,9 @@ class LiveDisplay:
 
     def _tick(self) -> None:
         view = self.view
-        lines = [line for ev in self.source() if (line := view.apply(ev)) is not None]
+        events = self.source()
+        self._events += len(events)
+        lines = [line for ev in events if (line := view.apply(ev)) is not None]
         now = time.time()
         view.refresh_files(now)
         if self._live is None:
@@ -660,71 +543,20 @@ class LiveDisplay:
         for line in lines:
             self._live.console.print(line)
         width, height = self.console.size
-        self._live.update(render_view(view, width, height, now), refresh=True)
+        sig = (self._events, int(now), width, height, *self._files())
+        if sig != self._last or lines:  # unchanged screen: skip the ~10 ms of rendering
+            self._last = sig
+            self._live.update(render_view(view, width, height, now), refresh=True)
 
-
-# ----------------------------------------------------------------------------- following a run
-class EventsFollower:
-    """Reads ``state/events.jsonl`` from the start, then what is appended (never writes)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "events.jsonl"
-        self.offset = 0
-        self.run_id = ""
-        self.stopped: Event | None = None  # the last run_stopped not followed by a resume
-
-    def poll(self) -> list[Event]:
-        try:
-            if os.stat(self.path).st_size < self.offset:  # moved aside and a new run began
-                self.offset = 0
-        except OSError:
-            return []
-        events, self.offset = read_events(self.path, self.offset)
-        for ev in events:
-            if ev.get("kind") == "run_started":
-                self.run_id, self.stopped = str(ev.get("run_id", "")), None
-            elif ev.get("kind") == "run_stopped":
-                self.stopped = ev
-        return events
-
-
-def follow_run(cfg: Config, deliver: Callable[[list[Event]], None], *, poll_s: float = REFRESH_S, gone_after_s: float = 1.5) -> int:
-    """Feed a run's events to ``deliver`` (its history first, then as they happen) until it stops.
-
-    Returns the run's exit code (from its ``run_stopped`` event). Waits for a run that has not
-    started yet. Raises StateError when the loop process is gone without recording a stop.
-    """
-    if not cfg.observability.emit_events_jsonl:
-        raise ConfigError(
-            f"{cfg.source}: observability.emit_events_jsonl = false, so the run writes no state/events.jsonl to follow. "
-            "Set it to true (the default) for the next run; `ralph-ml status` shows this one."
-        )
-    state_dir = cfg.path(cfg.paths.state)
-    follower = EventsFollower(state_dir)
-    gone_since: float | None = None
-    while True:
-        events = follower.poll()
-        if events:
-            deliver(events)
-        if follower.stopped is not None:
-            return int(follower.stopped.get("exit_code", 0))
-        state = read_state(state_dir) if follower.run_id else {}
-        if state.get("run_id") == follower.run_id and not loop_alive(state):
-            gone_since = gone_since or time.monotonic()
-            if time.monotonic() - gone_since >= gone_after_s:
-                events = follower.poll()  # the last words of a loop that just exited
-                if events:
-                    deliver(events)
-                if follower.stopped is not None:
-                    return int(follower.stopped.get("exit_code", 0))
-                stop = state.get("stop") or {}
-                if state.get("status") == "stopped" and "exit_code" in stop:
-                    return int(stop["exit_code"])
-                raise StateError(
-                    f"the loop of run {follower.run_id} (pid {state.get('pid')}) is no longer running and recorded "
-                    f"no stop (killed or crashed during {state.get('phase')!r} of cycle {state.get('cycle')}). "
-                    "Continue the run with `ralph-ml resume`, then watch it again."
-                )
-        else:
-            gone_since = None
-        time.sleep(poll_s)
+    def _files(self) -> tuple[int, ...]:
+        t = self.view.focus()
+        if t is None:
+            return ()
+        logs = self.view.cycle_dir(t.cycle) / "logs"
+        sizes = []
+        for p in (logs / "stdout.log", logs / "stderr.log"):
+            try:
+                sizes.append(os.stat(p).st_size)
+            except OSError:
+                sizes.append(-1)
+        return (t.cycle, *sizes, t.progress.offset if t.progress else -1)

@@ -107,8 +107,12 @@ class Term:
         return self.proc.returncode
 
 
+PANELS = ("trial · cycle", "log tail", "val_accuracy per cycle", "budgets", "plateau", "tokens", "cost", "elapsed")
+
+
 def _mid_run(s: str) -> bool:
-    return "● execute" in s and "marker-line" in s and "epochs" in s and "/6" in s
+    """A frame drawn while a trial runs, with every panel (the state file is read once a second)."""
+    return "● execute" in s and "marker-line" in s and "epochs" in s and "/6" in s and all(p in s for p in PANELS)
 
 
 def test_start_on_a_terminal_draws_the_live_view(tmp_path: Path) -> None:
@@ -174,8 +178,7 @@ def test_watch_follows_a_run_started_in_another_process(tmp_path: Path) -> None:
     try:
         live.wait_for(lambda s: "waiting for a run to start" in s, timeout=20)
         loop = ralph_bg(root, "start")
-        mid = live.wait_for(_mid_run)
-        assert "trial · cycle" in mid and "budgets" in mid and "val_accuracy per cycle" in mid
+        live.wait_for(_mid_run)
         loop_out, loop_err = loop.communicate(timeout=60)
         plain_out, plain_err = plain.communicate(timeout=30)
         live_rc = live.finish(timeout=30)
@@ -217,3 +220,46 @@ def test_watch_says_so_when_the_loop_died_without_stopping(tmp_path: Path) -> No
     assert res.returncode == 4, res.stdout + res.stderr
     assert "[CYCLE 1 STARTED]" in res.stdout
     assert "no longer running" in res.stderr and "ralph-ml resume" in res.stderr
+
+
+# ----------------------------------------------------------------------------- the cheap readers
+def test_log_tail_reads_only_the_end_of_a_big_log(tmp_path: Path) -> None:
+    from ralph_ml.runfiles import tail_lines
+
+    log = tmp_path / "stdout.log"
+    with open(log, "w") as fh:
+        for i in range(200_000):  # ~3 MB
+            fh.write(f"line {i}\n")
+        fh.write("progress 10%\rprogress 50%\rprogress 100%\n\x1b[32mgreen\x1b[0m\n")
+    assert tail_lines(log, 3) == ["line 199999", "progress 100%", "green"]
+    assert tail_lines(tmp_path / "missing.log", 3) == []
+
+
+def test_progress_is_read_incrementally_and_thinned(tmp_path: Path) -> None:
+    import json as _json
+
+    from ralph_ml.runfiles import ProgressTail, progress_of
+
+    path = tmp_path / "progress.jsonl"
+    tail = ProgressTail(path, max_rows=100)
+    assert not tail.poll() and progress_of(tail, {"epochs": 10}) is None
+    with open(path, "w") as fh:
+        for step in range(1, 4):
+            fh.write(_json.dumps({"step": step, "time": 0, "loss": 1 / step}) + "\n")
+        fh.write('{"step": 4, "lo')  # a line still being written
+        fh.flush()
+        assert tail.poll()
+        p = progress_of(tail, {"epochs": 10, "lr": 0.1})
+        assert p is not None and (p.done, p.total, p.unit) == (3, 10, "epochs") and p.latest == {"loss": 1 / 3}
+        fh.write('ss": 0.25}\n')
+        for step in range(5, 1001):
+            fh.write(_json.dumps({"step": step, "time": 0, "loss": 1 / step}) + "\n")
+    assert tail.poll()
+    rows = tail.series()
+    assert len(rows) <= 101 and rows[0]["step"] == 1 and rows[-1]["step"] == 1000
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps) and len(set(b - a for a, b in zip(steps, steps[1:-1]))) == 1  # evenly spaced
+    p = progress_of(tail, {"epochs": 10})
+    assert p is not None and (p.done, p.total, p.unit) == (1000, None, "steps")  # more than planned: a counter
+    p = progress_of(tail, {"max_steps": 1000, "epochs": 3})
+    assert p is not None and (p.done, p.total, p.unit) == (1000, 1000, "steps")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import CONFIG_NAMES, Config, load_config
 from ..errors import RalphError
-from ..live import ProgressTail, loop_alive, progress_of, read_state, tail_lines
+from ..runfiles import ProgressTail, loop_alive, progress_of, read_state, tail_lines
 
 LOG_LINES = 60  # stdout lines of the running trial sent to the page
 ERR_LINES = 20  # stderr lines
