@@ -128,6 +128,7 @@ class Loop:
         self._noise_ss, self._noise_dof = 0.0, 0
         self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
+        self._safeguards_dump = cfg.safeguards.model_dump()  # static for the run: dumped once
         self.pruner: TrialPruner | None = None
         ex = cfg.execution
         # GPUs "auto" means this machine's; with ray/slurm the cluster assigns the trial's GPUs.
@@ -355,7 +356,7 @@ class Loop:
             else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
             "verdicts": dict(self._verdicts),
             "elapsed_s": round(usage.elapsed_s, 3),
-            "safeguards": sg.model_dump(),
+            "safeguards": self._safeguards_dump,
             "budgets": {
                 "cycles_used": len(self.history),
                 "cycles_left": max(0, sg.max_cycles - len(self.history)),
@@ -372,7 +373,7 @@ class Loop:
             "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
             "sink_failures": self.bus.all_failures(),  # tracking sinks switched off (fail soft), and why
         }
-        write_json_atomic(self.state_path, state)
+        write_json_atomic(self.state_path, state, indent=None)  # read by machines and `ralph-ml status`
 
     # ------------------------------------------------------------------ the run
     def run(self) -> Decision:
