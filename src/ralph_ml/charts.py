@@ -140,8 +140,11 @@ def progress(points: Sequence[Point], *, name: str, target: float, maximize: boo
         text = p.label[:30]
         if all(c - p.cycle >= (len(text) + 2) * cycles_per_char for c in placed):
             placed.append(p.cycle)
+            # a label that would run past the last cycle (into the legend) is written leftwards
+            leftward = p.cycle + (len(text) + 2) * cycles_per_char > max(q.cycle for q in points) + 0.5
             ax.annotate(text, (p.cycle, float(p.metric or 0.0)), textcoords="offset points",
-                        xytext=(5, -12 if maximize else 8), fontsize=7, color="#1f5f2b")
+                        xytext=(-5 if leftward else 5, -12 if maximize else 8), ha="right" if leftward else "left",
+                        fontsize=7, color="#1f5f2b")
     values = [float(p.metric) for p in scored if p.metric is not None] or [target]
     lo, hi = min(values), max(values)
     span = (hi - lo) or max(abs(hi), 1.0) * 0.1
