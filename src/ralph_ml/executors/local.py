@@ -300,6 +300,22 @@ class LocalTrialHandle(TrialHandle):
                 + _swept_note(swept),
             )
 
+    def terminate(self, reason: str) -> TrialResult:
+        """Kill the trial like ``cancel`` but write no result.json: it will run again.
+
+        For a trial whose host is going away (a preempted Slurm job that is requeued): the
+        returned ``CANCELLED`` result is for the caller's eyes only. No-op once ended.
+        """
+        with self._lock:
+            if self._result is None:
+                self._advance()
+            if self._result is not None:
+                return self._result
+            rc, swept = self._kill_all()
+            self._finish(TrialStatus.CANCELLED, FailureClass.CANCELLED, rc, reason + _swept_note(swept), write=False)
+            assert self._result is not None
+            return self._result
+
     def suspend(self) -> None:
         with self._lock:
             if self._result is not None or self._suspended_since is not None:
@@ -493,7 +509,14 @@ class LocalTrialHandle(TrialHandle):
         )
 
     def _finish(
-        self, status: TrialStatus, failure: FailureClass, rc: int | None, message: str, tail: str | None = None
+        self,
+        status: TrialStatus,
+        failure: FailureClass,
+        rc: int | None,
+        message: str,
+        tail: str | None = None,
+        *,
+        write: bool = True,
     ) -> None:
         ended_at = time.time()
         reading = read_metrics(self._metrics_path, self.stdout_log, self._pattern)
@@ -512,6 +535,8 @@ class LocalTrialHandle(TrialHandle):
             stderr_tail=read_tail(self.stderr_log) if tail is None else tail,
         )
         self._result = result
+        if not write:
+            return
         try:
             write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict())  # the journal fsync follows
         except OSError as exc:  # the result is still returned; only resuming from this file is lost

@@ -1,0 +1,252 @@
+"""The Slurm executor: submitit's real SlurmExecutor/SlurmJob against the fake Slurm binaries.
+
+``tests/fake_slurm/bin`` has sbatch, sacct, squeue, scancel, scontrol and srun (a FIFO queue
+over ``$FAKE_SLURM_CPUS`` CPUs on this machine); nothing of ralph-ml or submitit is faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import ralph_bg, recorded
+from executors.support import PY, alive, fake_slurm_env, kill_strays, make_spec, wait_for
+from ralph_ml.errors import ExecutorError
+from ralph_ml.executors import TrialHandle, get_executor
+from ralph_ml.executors.slurm import SlurmExecutor, SlurmTrialHandle
+from ralph_ml.records import FailureClass, TrialStatus
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="executors need /proc")
+
+
+@pytest.fixture
+def slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The fake cluster's state folder (jobs/<id>.json), with the binaries on PATH."""
+    state = tmp_path / "slurm-state"
+    for k, v in fake_slurm_env(state, FAKE_SLURM_CPUS="4").items():
+        monkeypatch.setenv(k, v)
+    yield state
+    kill_strays(tmp_path)
+
+
+def _ex(tmp_path: Path, **kw: object) -> SlurmExecutor:
+    ex = get_executor("slurm", kill_grace_s=1.0, folder=str(tmp_path / "jobs"), poll_s=0.5, **kw)
+    assert isinstance(ex, SlurmExecutor)
+    return ex
+
+
+def _job(state: Path, job_id: str) -> dict:  # type: ignore[type-arg]
+    return json.loads((state / "jobs" / f"{job_id}.json").read_text())
+
+
+def test_the_sbatch_script_carries_every_configured_option(slurm: Path, tmp_path: Path) -> None:
+    ex = _ex(
+        tmp_path, partition="gpu", time_min=30, gpus_per_node=2, cpus_per_task=4, mem_gb=8,
+        additional_parameters={"account": "ml-team", "qos": "high", "exclusive": True},
+        setup=["export FROM_SETUP=yes"],
+    )
+    spec = make_spec(tmp_path, f"{PY} -c \"import os; print('val_accuracy: 0.9'); print(os.environ['FROM_SETUP'], "
+                               "os.environ['SLURM_JOB_PARTITION'], os.environ['SLURM_CPUS_PER_TASK'])\"")
+    handle = ex.submit(spec)
+    result = handle.wait(60)
+    assert result is not None and result.status is TrialStatus.OK, result
+    script = Path(handle.job.paths.submission_file).read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --mem=8GB", "#SBATCH --account=ml-team", "#SBATCH --qos=high",
+                 "#SBATCH --exclusive", "#SBATCH --job-name=ralph-run-test-c0001", "#SBATCH --signal=USR2@90",
+                 "export FROM_SETUP=yes"):
+        assert line in script.splitlines(), f"{line!r} not in\n{script}"
+    assert "srun --unbuffered" in script and "-m submitit.core._submit" in script
+    # The queue saw the same request, and the job ran with what it asked for.
+    opts = _job(slurm, handle.job_id)["options"]
+    assert (opts["partition"], opts["time"], opts["cpus-per-task"], opts["mem"]) == ("gpu", "30", "4", "8GB")
+    assert "yes gpu 4" in (Path(spec.cycle_dir) / "logs" / "stdout.log").read_text()
+    # Where the job is recorded for a resume.
+    info = json.loads((Path(spec.cycle_dir) / "slurm_job.json").read_text())
+    assert info["job_id"] == handle.job_id and info["folder"] == str(tmp_path / "jobs")
+
+
+def test_the_default_time_limit_follows_the_cycle_limit(slurm: Path, tmp_path: Path) -> None:
+    handle = _ex(tmp_path).submit(make_spec(tmp_path, "true", timeout_s=600))
+    assert handle.wait(60) is not None
+    assert "#SBATCH --time=15" in Path(handle.job.paths.submission_file).read_text()  # 10 min + 5 min margin
+
+
+CHECKPOINTED = """\
+import os, time
+ckpt = os.path.join(os.environ["RALPH_CHECKPOINT_DIR"], "state.txt")
+marks = os.environ["MARKS"]
+if os.path.exists(ckpt):  # a requeued run resumes from its checkpoint
+    print("resumed from", open(ckpt).read())
+    print("val_accuracy: 0.75")
+else:
+    open(ckpt, "w").write("epoch 3")
+    open(os.path.join(marks, "attempt1"), "w").write(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+def test_a_preempted_job_is_requeued_and_the_trial_resumes_from_its_checkpoint(slurm: Path, tmp_path: Path) -> None:
+    handle = _ex(tmp_path).submit(make_spec(tmp_path, f"{PY} train.py", files={"train.py": CHECKPOINTED}))
+    pid = int(wait_for(lambda: _read(tmp_path / "attempt1"), 60, "first attempt running"))
+    # What Slurm does before preempting: signal the job's steps (submitit asked for USR2).
+    subprocess.run(["scancel", "--signal", "USR2", handle.job_id], check=True)
+    result = handle.wait(90)
+    assert result is not None and result.status is TrialStatus.OK, result
+    assert result.metrics["val_accuracy"] == 0.75
+    assert "preempted and requeued 1 time(s)" in result.message
+    assert not alive(pid)  # the first attempt's trial was stopped before the requeue
+    assert _job(slurm, handle.job_id)["restarts"] == 1
+    assert "resumed from epoch 3" in (Path(handle.spec.cycle_dir) / "logs" / "stdout.log").read_text()
+
+
+SLEEPY = f"{PY} -c \"import os, time; open(os.environ['MARKS'] + '/ran_' + os.environ['RALPH_CYCLE'], 'w'); " \
+    "time.sleep(float(os.environ.get('SLEEP_S', '600'))); print('val_accuracy: 0.5')\""
+
+
+def test_a_queued_job_is_cancelled_without_ever_running(slurm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SLURM_CPUS", "1")
+    ex = _ex(tmp_path)
+    running = ex.submit(make_spec(tmp_path, SLEEPY, cycle=1))
+    queued = ex.submit(make_spec(tmp_path, SLEEPY, cycle=2))
+    wait_for(lambda: (tmp_path / "ran_1").exists(), 60, "job 1 running")
+    assert queued.state(force=True) == "PENDING" and queued.poll() is None
+    queued.cancel()
+    res = queued.wait(5)
+    assert res is not None and res.status is TrialStatus.CANCELLED and "cancelled while queued" in res.message
+    running.cancel()
+    assert running.wait(5) is not None
+    assert not (tmp_path / "ran_2").exists() and _job(slurm, queued.job_id)["state"].startswith("CANCELLED")
+
+
+def test_resume_reattaches_to_a_queued_job_then_follows_it_to_its_end(
+    slurm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SLURM_CPUS", "1")
+    ex = _ex(tmp_path)
+    first = ex.submit(make_spec(tmp_path, SLEEPY, cycle=1))
+    spec2 = make_spec(tmp_path, SLEEPY, cycle=2, env={"SLEEP_S": "0.2"})
+    ex.submit(spec2)  # and the loop dies: only runs/cycle_0002/slurm_job.json knows about it
+    wait_for(lambda: (tmp_path / "ran_1").exists(), 60, "job 1 running")
+    found = _ex(tmp_path).recover(Path(spec2.cycle_dir))
+    assert isinstance(found, SlurmTrialHandle) and found.state(force=True) == "PENDING"
+    first.cancel()  # frees the CPU: the queued job starts now
+    result = found.wait(60)
+    assert result is not None and result.status is TrialStatus.OK and result.metrics["val_accuracy"] == 0.5
+    assert len(list((slurm / "jobs").glob("*.json"))) == 2  # never submitted again
+
+
+def test_an_operators_scancel_is_the_trials_sigterm(slurm: Path, tmp_path: Path) -> None:
+    handle = _ex(tmp_path).submit(make_spec(tmp_path, SLEEPY))
+    wait_for(lambda: (tmp_path / "ran_1").exists(), 60, "job running")
+    subprocess.run(["scancel", handle.job_id], check=True)  # an operator, not ralph-ml
+    result = handle.wait(30)
+    assert result is not None and result.status is TrialStatus.FAILED and result.failure is FailureClass.CRASH
+    assert "was killed by SIGTERM" in result.message  # the job answered: its trial got Slurm's SIGTERM
+
+
+def test_a_job_that_dies_without_answering_is_recorded_with_the_queues_verdict(slurm: Path, tmp_path: Path) -> None:
+    handle = _ex(tmp_path).submit(make_spec(tmp_path, f"echo $$ > \"$MARKS/pid\"; exec {SLEEPY}"))
+    wait_for(lambda: (tmp_path / "ran_1").exists(), 60, "job running")
+    trial_pid = int(_read(tmp_path / "pid"))
+    subprocess.run(["scancel", "--signal", "KILL", handle.job_id], check=True)  # the job's python dies at once
+    result = handle.wait(30)
+    assert result is not None and result.status is TrialStatus.FAILED and result.failure is FailureClass.CRASH
+    assert f"Slurm job {handle.job_id} for cycle 1 ended as FAILED without a result" in result.message
+    assert "_log.err" in result.message  # where to look
+    wait_for(lambda: not alive(trial_pid), 10, "the orphaned trial stopped")
+
+
+def test_an_unknown_partition_is_refused_with_sbatchs_reason(slurm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_SLURM_PARTITIONS", "debug,gpu")
+    with pytest.raises(ExecutorError) as err:
+        _ex(tmp_path, partition="nope").submit(make_spec(tmp_path, "true"))
+    assert "invalid partition specified: nope" in str(err.value) and "[execution.slurm]" in str(err.value)
+
+
+def test_without_slurm_on_path_the_error_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with pytest.raises(ExecutorError) as err:
+        _ex(tmp_path)
+    assert "srun" in str(err.value) and 'backend = "local"' in str(err.value)
+
+
+# --------------------------------------------------------------------------- the real CLI
+
+TRIAL = """
+import os, time
+cycle = os.environ["RALPH_CYCLE"]
+with open(os.environ["LEDGER"], "a") as fh:
+    fh.write(cycle + "\\n")
+gate = os.path.join(os.environ["GATES"], "release_" + cycle)
+while int(cycle) <= 2 and not os.path.exists(gate):
+    time.sleep(0.05)
+print(f"val_accuracy: {0.5 + int(cycle) / 100}")
+"""
+
+
+def test_cli_kill9_then_resume_reattaches_to_the_slurm_jobs(slurm: Path, exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ledger, gates = tmp_path / "ledger.txt", tmp_path / "gates"
+    gates.mkdir()
+    root = exp(
+        TRIAL, target=0.99,
+        safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
+        execution={"mode": "slurm", "max_concurrency": 2, "env": {"LEDGER": str(ledger), "GATES": str(gates)}},
+        extra={"execution.slurm": {"partition": "debug", "poll_s": 0.5}},
+    )
+    proc = ralph_bg(root, "start")
+    try:
+        wait_for(lambda: sorted(_read(ledger).split()) == ["1", "2"], 90, "cycles 1 and 2 running as jobs")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (gates / "release_1").touch()  # job 1 ends while no loop exists; job 2 keeps running
+    wait_for(lambda: (root / "runs" / "cycle_0001" / "result.json").exists(), 30, "job 1 finished")
+    resumed = ralph_bg(root, "resume")
+    try:
+        wait_for(lambda: len([e for e in _events(root) if e.get("kind") == "recovered"]) == 2, 60, "both recovered")
+        (gates / "release_2").touch()
+        out, err = resumed.communicate(timeout=120)
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 2, out + err
+    how = {e["cycle"]: e["how"] for e in _events(root) if e.get("kind") == "recovered"}
+    assert how == {1: "collected", 2: "re-attached"}
+    assert [r["cycle"] for r in recorded(root)] == [1, 2, 3]
+    assert sorted(_read(ledger).split()) == ["1", "2", "3"]  # each trial ran once
+    assert len(list((slurm / "jobs").glob("*.json"))) == 3  # and was submitted once
+    assert (root / "runs" / "slurm").is_dir()  # execution.slurm.folder, relative to the experiment
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _events(root: Path) -> list[dict]:  # type: ignore[type-arg]
+    out = []
+    for line in _read(root / "state" / "events.jsonl").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_handles_are_trial_handles(slurm: Path, tmp_path: Path) -> None:
+    handle = _ex(tmp_path, backend="local").submit(make_spec(tmp_path, "echo val_accuracy: 1"))
+    assert isinstance(handle, TrialHandle)
+    result = handle.wait(60)
+    assert result is not None and result.status is TrialStatus.OK and os.path.exists(handle.job.paths.result_pickle)
