@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from .analysis import read_progress
 from .config import Config
 from .records import CycleRecord, Direction, TrialStatus
 
@@ -87,19 +88,7 @@ def curve(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[int, float]:
 
 
 def read_curve(cycle_dir: Path, metric: str) -> dict[int, float]:
-    path = cycle_dir / "progress.jsonl"
-    if not path.exists():
-        return {}
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return curve(rows, metric)
+    return curve(read_progress(cycle_dir / "progress.jsonl"), metric)
 
 
 def forecast(points: Mapping[int, float], last_step: int, *, z: float = 2.0) -> tuple[float, float] | None:
