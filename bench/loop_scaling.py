@@ -10,9 +10,10 @@ TPE over a long history costs. Prints, per bucket of cycles: the median wall tim
 the loop's own part (the cycle minus its trial's subprocess), the loop process's CPU time
 (steadier than wall time on a busy machine) and the per-phase medians; the ratio of the
 last bucket to the first (1.0 = flat). Then, with the run's own recorded history cut at
-n = 100, 1000, 10000 cycles, what each per-cycle step that reads the history costs: the
-history copy handed to agents, the decision rules, the built-in analysis, the noise
-estimate, and one proposal of the built-in TPE agent that has observed n cycles.
+n = 100, 1000, 10000 cycles, what each per-cycle step that touches the history costs, as
+the loop calls it: the history copy handed to agents, the budget check, the stop rules (on
+running totals and the last few records), the built-in analysis, and one proposal of the
+built-in TPE agent that has observed n cycles (the agent's cost, not the loop's).
 """
 
 from __future__ import annotations
@@ -165,8 +166,10 @@ def history_steps(root: Path, cycles: int) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for n in (n for n in (100, 1000, 10_000) if n <= len(history)):
         h, last = history[:n], history[n - 1]
-        usage = dec.usage_of(h, 0.0)
-        ctx = AgentContext(cycle=n + 1, history=tuple(h), best=dec.best_of(h), last_analysis=last.analysis,
+        totals = dec.Totals.of(h, cfg)  # the loop keeps these as running totals
+        tail = h[-cfg.safeguards.max_consecutive_failures:]
+        usage = dec.Usage(tokens=totals.tokens, cost_usd=totals.cost_usd)
+        ctx = AgentContext(cycle=n + 1, history=tuple(h), best=totals.best, last_analysis=last.analysis,
                            search_space=cfg.search_space, target_name=cfg.target.name, direction=cfg.target.dir.value)
         agent = BuiltinAgent(cfg)
         for rec in h:
@@ -174,9 +177,8 @@ def history_steps(root: Path, cycles: int) -> dict[str, dict[int, float]]:
         steps = {
             "AgentContext(history=tuple(history)) (propose)": lambda: tuple(h),
             "decision.before_cycle (budgets)": lambda: dec.before_cycle(h, cfg, usage),
-            "decision.after_cycle (stop rules)": lambda: dec.after_cycle(h, cfg, usage),
-            "decision.noise_std (judge)": lambda: dec.noise_std(h),
-            "analysis.analyze (built-in analysis)": lambda: analyze(last.result, last.metric, False, h[:-1], [], cfg),
+            "Totals.plus + after_cycle on the tail (stop rules)": lambda: dec.after_cycle(tail, cfg, usage, totals.plus(last, cfg)),
+            "analysis.analyze (built-in analysis, with totals)": lambda: analyze(last.result, last.metric, False, h, [], cfg, totals=totals),
             "builtin agent: one TPE proposal after n cycles": lambda: agent.propose(ctx),
         }
         for name, fn in steps.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import Config
+from .decision import Totals
 from .records import Analysis, CycleRecord, FailureClass, Recommendation, TrialResult, TrialStatus
 
 _CONF_RANK = {"high": 0, "medium": 1, "low": 2}
@@ -77,8 +78,14 @@ def analyze(
     history: Sequence[CycleRecord],
     progress: Sequence[Mapping[str, Any]],
     cfg: Config,
+    *,
+    totals: Totals | None = None,
 ) -> Analysis:
-    """Diagnose the cycle that produced ``result`` (``history`` excludes it)."""
+    """Diagnose the cycle that produced ``result`` (``history`` excludes it).
+
+    ``totals``: the history's running totals when the caller keeps them (the loop does), so
+    the analysis reads no more than the cycle itself however long the history is."""
+    before = totals if totals is not None else Totals.of(history, cfg)
     target = cfg.target
     space = cfg.search_space
     recs = _Recs(cfg)
@@ -118,7 +125,7 @@ def analyze(
 
     # A successful trial: look at its learning curve and at the train/val gap.
     diag = "improving" if kept else "plateau"
-    if not history:
+    if not before.cycles:
         diag = "baseline"
     losses = [k for k in (progress[-1].keys() if progress else ()) if _is_loss(k) and k.startswith("train")]
     train_loss = _series(progress, losses[0]) if losses else []
@@ -141,18 +148,16 @@ def analyze(
         fits_train = _train_counterpart(result.metrics, target.name)
         saturated = fits_train is not None and fits_train >= 0.995  # the training set is already fit
         if not saturated and all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
-            diag = "underfitting" if not kept or history else diag
+            diag = "underfitting" if not kept or before.cycles else diag
             notes.append("training loss was still falling at the last step: the model is under-trained.")
             recs.add("high", "train longer: loss still falling at the end", _first(space, "epochs", "steps", "max_steps"), "increase")
             recs.add("medium", "raise the learning rate: slow convergence", lr, "increase")
         elif len(train_loss) >= 2 and train_loss[-1] > train_loss[0] * 0.9:
             notes.append("training loss barely moved: the learning rate may be too low or too high.")
             recs.add("medium", "tune the learning rate: training loss barely moved", lr, "increase")
-    prev = [r.metric for r in history if r.metric is not None]
     if metric is not None:
-        if prev:
-            best_prev = max(prev) if target.dir.value == "maximize" else min(prev)
-            notes.insert(0, f"{target.name} = {metric:.6g} (best before: {best_prev:.6g}; target {target.describe()}).")
+        if before.best_seen is not None:
+            notes.insert(0, f"{target.name} = {metric:.6g} (best before: {before.best_seen:.6g}; target {target.describe()}).")
         else:
             notes.insert(0, f"{target.name} = {metric:.6g} (target {target.describe()}).")
     if not recs.items:

@@ -4,17 +4,21 @@
 that a budget cannot pay for; ``after_cycle`` applies the stop rules in the spec's order
 (target met, hard caps and budgets, circuit breaker, validation gate, plateau). Each stop
 carries its reason and the evidence it was based on.
+
+The rules read the whole history only through :class:`Totals`, running totals that the
+loop updates once per recorded cycle, and otherwise look at its last few records: the
+loop's time per cycle stays flat however many cycles a run records.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .config import Config
-from .records import CycleRecord, Decision, Direction, StopReason, TrialStatus
+from .records import CycleRecord, Decision, StopReason, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,66 @@ class Usage:
     elapsed_s: float = 0.0
     tokens: int = 0
     cost_usd: float = 0.0
+
+
+@dataclass
+class Totals:
+    """What the rules need from the whole history, as running totals: O(1) per recorded cycle.
+
+    ``Totals.of(history, cfg)`` builds them from scratch (tests, tools, resume); the loop
+    calls :meth:`add` once per cycle instead of rescanning its history.
+    """
+
+    cycles: int = 0
+    last_cycle: int = 0  # the highest cycle number recorded
+    best: CycleRecord | None = None  # the latest kept cycle
+    best_seen: float | None = None  # the best target metric of any cycle, kept or not
+    streak: int = 0  # cycles since the last kept one
+    gate_passed: int = 0  # cycles whose metric passed safeguards.min_validation_gate
+    tokens: int = 0
+    cost_usd: float = 0.0
+    noise_ss: float = 0.0  # pooled sum of squares of repeated runs ...
+    noise_dof: int = 0  # ... and its degrees of freedom
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, history: Sequence[CycleRecord], cfg: Config) -> "Totals":
+        t = cls()
+        for rec in history:
+            t.add(rec, cfg)
+        return t
+
+    def add(self, rec: CycleRecord, cfg: Config) -> None:
+        self.cycles += 1
+        self.last_cycle = max(self.last_cycle, rec.cycle)
+        if rec.kept:
+            self.best, self.streak = rec, 0
+        else:
+            self.streak += 1
+        direction = cfg.target.dir
+        if rec.metric is not None:
+            if self.best_seen is None or direction.better(rec.metric, self.best_seen):
+                self.best_seen = rec.metric
+            gate = cfg.safeguards.min_validation_gate
+            if gate is not None and direction.meets(rec.metric, gate):
+                self.gate_passed += 1
+        self.tokens += rec.tokens_used
+        self.cost_usd += rec.cost_usd
+        self.verdicts[rec.verdict] = self.verdicts.get(rec.verdict, 0) + 1
+        ss, dof = _repeat_ss(rec)
+        self.noise_ss += ss
+        self.noise_dof += dof
+
+    def plus(self, rec: CycleRecord, cfg: Config) -> "Totals":
+        """A copy with ``rec`` added (the cycle being decided, before it is recorded)."""
+        t = replace(self, verdicts=dict(self.verdicts))
+        t.add(rec, cfg)
+        return t
+
+    @property
+    def noise(self) -> float | None:
+        """Pooled run-to-run standard deviation of the target metric (None: no repeated runs yet)."""
+        return math.sqrt(self.noise_ss / self.noise_dof) if self.noise_dof else None
 
 
 def usage_of(history: Sequence[CycleRecord], elapsed_s: float) -> Usage:
@@ -46,13 +110,18 @@ def noise_std(history: Sequence[CycleRecord]) -> float | None:
     """Pooled run-to-run standard deviation of the target metric over cycles run with several seeds."""
     ss, dof = 0.0, 0
     for rec in history:
-        if rec.result.status is TrialStatus.OK:
-            values = [v for v in rec.result.repeats if math.isfinite(v)]
-            if len(values) >= 2:
-                mean = sum(values) / len(values)
-                ss += sum((v - mean) ** 2 for v in values)
-                dof += len(values) - 1
+        s, d = _repeat_ss(rec)
+        ss, dof = ss + s, dof + d
     return math.sqrt(ss / dof) if dof else None
+
+
+def _repeat_ss(rec: CycleRecord) -> tuple[float, int]:
+    """Sum of squares around the mean of a cycle's repeated runs, and its degrees of freedom."""
+    values = [v for v in rec.result.repeats if math.isfinite(v)] if rec.result.status is TrialStatus.OK else []
+    if len(values) < 2:
+        return 0.0, 0
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values), len(values) - 1
 
 
 def required_gain(cfg: Config, noise: float | None, n: int, n_best: int) -> float:
@@ -159,24 +228,19 @@ def _failure_signature(rec: CycleRecord) -> tuple[str, str, str] | None:
     return (rec.result.failure.value, str(rec.result.exit_code), last_line.strip()[:200])
 
 
-def _no_improvement_streak(history: Sequence[CycleRecord]) -> int:
-    streak = 0
-    for rec in reversed(history):
-        if rec.kept:
-            break
-        streak += 1
-    return streak
-
-
-def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
+def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage, totals: Totals | None = None) -> Decision:
     """The decision after the last cycle of ``history`` was recorded.
+
+    ``totals``: the running totals of the whole history, this last cycle included; then
+    ``history`` need only hold the last ``safeguards.max_consecutive_failures`` records
+    (the loop passes a short tail). Without ``totals`` they are computed from ``history``.
 
     With an analysis agent (``agents.analysis_model`` not builtin) the spec's continue rule
     applies too: after a successful cycle that did not improve, the run goes on only when
     the analysis has a high-confidence recommendation (else: plateau, exit 3). The agent's
     own continue/stop is advice, recorded in the evidence, never obeyed.
     """
-    d = _after_cycle_rules(history, cfg, usage)
+    d = _after_cycle_rules(history, cfg, usage, totals if totals is not None else Totals.of(history, cfg))
     if not history:
         return d
     last = history[-1]
@@ -198,7 +262,7 @@ def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> De
     return d
 
 
-def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage) -> Decision:
+def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage, totals: Totals) -> Decision:
     if not history:
         return Decision(action="continue", message="no cycle yet")
     sg = cfg.safeguards
@@ -210,7 +274,7 @@ def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage
             f"target met at cycle {last.cycle}: {target.name} = {last.metric:.6g} ({target.describe()})",
             cycle=last.cycle, metric=last.metric, target=target.value,
         )
-    stop = budget_stop(history, cfg, usage)
+    stop = budget_stop(history, cfg, usage, started=totals.cycles)
     if stop:
         return stop
     k = sg.max_consecutive_failures
@@ -225,22 +289,18 @@ def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage
             cycles=[r.cycle for r in history[-k:]], failure=failure, exit_code=exit_code, stderr_last_line=line,
         )
     gate = sg.min_validation_gate
-    if gate is not None and len(history) >= sg.validation_gate_cycles:
-        passed = [r for r in history if r.metric is not None and target.dir.meets(r.metric, gate)]
-        if not passed:
-            best_seen = [r.metric for r in history if r.metric is not None]
-            best_v = (max if target.dir is Direction.MAXIMIZE else min)(best_seen) if best_seen else None
-            return _stop(
-                StopReason.VALIDATION_GATE,
-                f"no cycle passed the minimum validation gate ({target.name} vs {gate:g}) in "
-                f"{len(history)} cycles (safeguards.validation_gate_cycles = {sg.validation_gate_cycles}); "
-                f"best seen: {best_v}",
-                gate=gate, cycles=len(history), best_seen=best_v,
-            )
-    streak = _no_improvement_streak(history)
+    if gate is not None and totals.cycles >= sg.validation_gate_cycles and not totals.gate_passed:
+        return _stop(
+            StopReason.VALIDATION_GATE,
+            f"no cycle passed the minimum validation gate ({target.name} vs {gate:g}) in "
+            f"{totals.cycles} cycles (safeguards.validation_gate_cycles = {sg.validation_gate_cycles}); "
+            f"best seen: {totals.best_seen}",
+            gate=gate, cycles=totals.cycles, best_seen=totals.best_seen,
+        )
+    streak = totals.streak
     n = sg.no_improvement_stop_cycles
     if streak >= n:
-        best = best_of(history)
+        best = totals.best
         return _stop(
             StopReason.PLATEAU,
             f"no improvement of at least {sg.min_improvement_delta:g} in {target.name} for {streak} cycles "

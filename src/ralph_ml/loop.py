@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import platform
 import queue
@@ -120,13 +119,8 @@ class Loop:
         self._lock_fd: int | None = None
         self._paused = False
         # Running totals, so per-cycle work does not grow with the history.
-        self._tokens = 0
-        self._cost = 0.0
-        self._verdicts: dict[str, int] = {}
-        self._best: CycleRecord | None = None
+        self.totals = dec.Totals()
         self._by_cycle: dict[int, CycleRecord] = {}
-        self._noise_ss, self._noise_dof = 0.0, 0
-        self._streak = 0
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self._safeguards_dump = cfg.safeguards.model_dump()  # static for the run: dumped once
         self.pruner: TrialPruner | None = None
@@ -138,28 +132,16 @@ class Loop:
         )
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
 
-    def _noise(self) -> float | None:
-        return math.sqrt(self._noise_ss / self._noise_dof) if self._noise_dof else None
+    @property
+    def _best(self) -> CycleRecord | None:
+        return self.totals.best
 
     def _apply(self, record: CycleRecord) -> None:
         """Add a recorded cycle to the in-memory history and the running totals."""
         self.history.append(record)
         self._by_cycle[record.cycle] = record
-        values = [v for v in record.result.repeats if math.isfinite(v)] if record.result.status is TrialStatus.OK else []
-        if len(values) >= 2:  # pooled run-to-run variance, as decision.noise_std computes it
-            mean = sum(values) / len(values)
-            self._noise_ss += sum((v - mean) ** 2 for v in values)
-            self._noise_dof += len(values) - 1
-        self._tokens += record.tokens_used
-        self._cost += record.cost_usd
-        self._verdicts[record.verdict] = self._verdicts.get(record.verdict, 0) + 1
-        if record.kept:
-            self._best = record
-            self._streak = 0
-        else:
-            self._streak += 1
+        self.totals.add(record, self.cfg)
 
-    # ------------------------------------------------------------------ set-up
     def _lock(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_dir / "loop.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -324,7 +306,7 @@ class Loop:
         return self.base_elapsed + (time.monotonic() - self.t0)
 
     def usage(self) -> dec.Usage:
-        return dec.Usage(elapsed_s=self.elapsed_s, tokens=self._tokens, cost_usd=self._cost)
+        return dec.Usage(elapsed_s=self.elapsed_s, tokens=self.totals.tokens, cost_usd=self.totals.cost_usd)
 
     def cycle_dir(self, cycle: int) -> Path:
         return self.runs_dir / f"cycle_{cycle:04d}"
@@ -354,7 +336,7 @@ class Loop:
             "best": None
             if best is None
             else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
-            "verdicts": dict(self._verdicts),
+            "verdicts": dict(self.totals.verdicts),
             "elapsed_s": round(usage.elapsed_s, 3),
             "safeguards": self._safeguards_dump,
             "budgets": {
@@ -367,7 +349,7 @@ class Loop:
                 "tokens_left": None if sg.token_budget_total is None else max(0, sg.token_budget_total - usage.tokens),
                 "cost_used_usd": usage.cost_usd,
                 "cost_left_usd": None if sg.cost_budget_usd is None else max(0.0, sg.cost_budget_usd - usage.cost_usd),
-                "no_improvement_streak": self._streak,
+                "no_improvement_streak": self.totals.streak,
             },
             "stop": None if stop is None else {**stop.to_dict(), "exit_code": stop.exit_code},
             "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
@@ -384,7 +366,7 @@ class Loop:
                 flights[cycle] = self._recover(cycle, proposal)
             self._pending = []
             if not flights and self.history:
-                d = dec.after_cycle(self.history, self.cfg, self.usage())
+                d = dec.after_cycle(self._tail(), self.cfg, self.usage(), self.totals)
                 if d.stop:
                     return self._finish(d)
             while True:
@@ -440,7 +422,7 @@ class Loop:
             d = dec.before_cycle(self.history, self.cfg, self.usage(), started=started)
             if d.stop:
                 return d
-            cycle = max([0, *(r.cycle for r in self.history), *flights]) + 1
+            cycle = max(self.totals.last_cycle, *flights, 0) + 1
             self._exhausted, self._agent_stop = "", None
             proposal = self._propose(cycle, flights)
             if proposal is None:
@@ -765,17 +747,17 @@ class Loop:
         if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
             # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
             pass
-        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=self._noise())
+        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=self.totals.noise)
         if metric is not None and (cfg.noise.baseline_repeats or cfg.noise.confirm_repeats):
             result, metric, kept, verdict = self._noise_check(cycle, cdir, result, metric, kept, verdict)
         write_metrics(cdir, cycle, self.run_id, self.cfg.target, result)
         progress = read_progress(cdir / "progress.jsonl")
-        analysis = analyze(result, metric, kept, self.history, progress, cfg)
+        analysis = analyze(result, metric, kept, self.history, progress, cfg, totals=self.totals)
         if self.analyst is not None:  # the agent's analysis replaces the built-in one when valid
             analysis = run_analyst(
                 self.analyst, cfg, cycle=cycle, cycle_dir=cdir, proposal=proposal, result=result, metric=metric,
                 kept=kept, verdict=verdict, builtin=analysis, history=self.history, progress=progress,
-                tokens_used=self._tokens + proposal.tokens_used, cost_used_usd=self._cost + proposal.cost_usd,
+                tokens_used=self.totals.tokens + proposal.tokens_used, cost_used_usd=self.totals.cost_usd + proposal.cost_usd,
             )
         write_text_atomic(cdir / "analysis.md", render_markdown(cycle, analysis, result, metric, verdict))
         write_json_atomic(cdir / "recommendations.json", [r.to_dict() for r in analysis.recommendations])
@@ -791,9 +773,8 @@ class Loop:
             frozen_hashes=code_hashes,
             parent=parent,
         )
-        history = [*self.history, record]
         self._phase("decide")
-        d = self._decide(history, result, code_hashes)
+        d = self._decide(record)
         if final and not d.stop:
             d = Decision(action="stop", reason=self.last_decision.reason if self.last_decision else None,
                          message="cancelled: the run stopped while this trial was in flight")
@@ -842,7 +823,7 @@ class Loop:
     ) -> tuple[TrialResult, float, bool, str]:
         """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds."""
         nc = self.cfg.noise
-        first_ok = not any(r.metric is not None for r in self.history)
+        first_ok = self.totals.best_seen is None
         n = nc.baseline_repeats if first_ok else (nc.confirm_repeats if kept else 0)
         if n == 0:
             return result, metric, kept, verdict
@@ -853,7 +834,7 @@ class Loop:
         result = _replace(result, repeats=(metric, *values))
         mean = sum(result.repeats) / len(result.repeats)
         trial_rec = CycleRecord(cycle=cycle, proposal=Proposal(), result=result, metric=mean, kept=False, verdict="")
-        noise = dec.noise_std([*self.history, trial_rec])
+        noise = self.totals.plus(trial_rec, self.cfg).noise
         kept2, verdict2 = dec.judge(mean, result.status, self._best, self.cfg, noise=noise, n=1 + len(values))
         if kept and not kept2 and not first_ok:
             verdict2 = "noise"  # the gain disappeared on re-run with other seeds
@@ -890,7 +871,15 @@ class Loop:
             out.append(value)
         return out
 
-    def _decide(self, history: list[CycleRecord], result: TrialResult, code_hashes: dict[str, str]) -> Decision:
+    def _tail(self, record: CycleRecord | None = None) -> list[CycleRecord]:
+        """The last records the stop rules look at (the rest of the history is in ``self.totals``)."""
+        k = self.cfg.safeguards.max_consecutive_failures
+        if record is None:
+            return self.history[-k:]
+        return [*self.history[-(k - 1):], record] if k > 1 else [record]
+
+    def _decide(self, record: CycleRecord) -> Decision:
+        result = record.result
         if result.failure is FailureClass.FROZEN_MODIFIED:
             ws_now = hash_files(self.ws, self.cfg.files.frozen)
             broken = [f for f, h in ws_now.items() if self.frozen_hashes.get(f) != h]
@@ -906,10 +895,10 @@ class Loop:
             return self._manual_stop()
         usage = dec.Usage(
             elapsed_s=self.elapsed_s,
-            tokens=self._tokens + history[-1].tokens_used,
-            cost_usd=self._cost + history[-1].cost_usd,
+            tokens=self.totals.tokens + record.tokens_used,
+            cost_usd=self.totals.cost_usd + record.cost_usd,
         )
-        return dec.after_cycle(history, self.cfg, usage)
+        return dec.after_cycle(self._tail(record), self.cfg, usage, self.totals.plus(record, self.cfg))
 
     def _finish(self, d: Decision) -> Decision:
         self.last_decision = d

@@ -126,3 +126,27 @@ def test_noise_aware_keep_needs_a_gain_beyond_the_noise() -> None:
     assert judge(0.935, TrialStatus.OK, base, c, noise=sd, n=3) == (True, "kept")
     # without a noise estimate only min_delta applies
     assert judge(0.902, TrialStatus.OK, base, c) == (True, "kept")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_running_totals_and_a_short_tail_decide_exactly_as_the_whole_history(seed: int) -> None:
+    """The loop passes after_cycle the last few records plus running totals (flat cost per
+    cycle); every rule must then decide exactly as it does on the whole history."""
+    import random
+
+    from ralph_ml.decision import Totals
+
+    rng = random.Random(seed)
+    c = cfg(max_cycles=60, no_improvement_stop_cycles=rng.choice([4, 8, 30]), max_consecutive_failures=rng.choice([1, 3]),
+            min_validation_gate=rng.choice([None, 0.3, 0.7]), validation_gate_cycles=rng.choice([2, 5]),
+            min_improvement_delta=0.01)
+    metrics = [None if rng.random() < 0.3 else round(rng.uniform(0.0, 0.85), 3) for _ in range(50)]
+    h = history(metrics, c)
+    totals = Totals()
+    k = c.safeguards.max_consecutive_failures
+    for n, rec in enumerate(h, 1):
+        totals.add(rec, c)
+        whole = after_cycle(h[:n], c, Usage())
+        short = after_cycle(h[max(0, n - k):n], c, Usage(), totals)
+        assert (short.action, short.reason, short.message, short.evidence) == (whole.action, whole.reason, whole.message, whole.evidence), n
+    assert totals == Totals.of(h, c) and totals.best is best_of(h)
