@@ -11,6 +11,7 @@ import atexit
 import os
 import shlex
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -145,6 +146,7 @@ def kill_strays(marker: Path) -> None:
 @dataclass(frozen=True)
 class RayCluster:
     address: str  # the head's GCS address, what `ray start --address` and execution.ray.address take
+    client_address: str  # ray://127.0.0.1:PORT: the head's Ray Client server
     head_node: str  # node ids
     b_node: str  # the node with the custom resource {"node_b": 1}
 
@@ -165,9 +167,13 @@ def ray_cluster() -> RayCluster:
     from ray.cluster_utils import Cluster
 
     small = 80 * 1024 * 1024  # object store per node: the tests move kilobytes
+    with socket.socket() as s:  # a free port for the head's Ray Client server
+        s.bind(("127.0.0.1", 0))
+        client_port = s.getsockname()[1]
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "object_store_memory": small, "include_dashboard": False},
+        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "object_store_memory": small, "include_dashboard": False,
+                        "ray_client_server_port": client_port},
         shutdown_at_exit=False,
     )
     b = cluster.add_node(num_cpus=2, resources={"node_b": 1}, object_store_memory=small)
@@ -179,7 +185,8 @@ def ray_cluster() -> RayCluster:
         cluster.shutdown()
 
     atexit.register(_stop)
-    _CLUSTER = RayCluster(address=cluster.address, head_node=cluster.head_node.node_id, b_node=b.node_id)
+    _CLUSTER = RayCluster(address=cluster.address, client_address=f"ray://127.0.0.1:{client_port}",
+                          head_node=cluster.head_node.node_id, b_node=b.node_id)
     return _CLUSTER
 
 

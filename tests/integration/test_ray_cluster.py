@@ -153,18 +153,24 @@ print(f"val_accuracy: {0.5 + int(cycle) / 100}")
 """
 
 
+@pytest.mark.parametrize("via", ["gcs", "client"])
 def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_running_one(
-    cluster, exp, tmp_path: Path  # type: ignore[no-untyped-def]
+    cluster, exp, tmp_path: Path, via: str  # type: ignore[no-untyped-def]
 ) -> None:
+    """``via``: the cluster's GCS address (``ray start --address``), or Ray Client (``ray://``)
+    with the code shipped through the object store, as from a laptop outside the cluster."""
     import ray
 
     ledger, gates = tmp_path / "ledger.txt", tmp_path / "gates"
     gates.mkdir()
+    ray_cfg = {"address": cluster.address, "namespace": RAY_NAMESPACE, "num_cpus": 1}
+    if via == "client":
+        ray_cfg = {**ray_cfg, "address": cluster.client_address, "code_transfer": "ship"}
     root = exp(
         TRIAL, target=0.99,
         safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
         execution={"mode": "ray", "max_concurrency": 2, "env": {"LEDGER": str(ledger), "GATES": str(gates)}},
-        extra={"execution.ray": {"address": cluster.address, "namespace": RAY_NAMESPACE, "num_cpus": 1}},
+        extra={"execution.ray": ray_cfg},
     )
     proc = ralph_bg(root, "start")
     try:
@@ -178,8 +184,8 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     assert recorded(root) == []
     # While no loop exists, cycle 1 finishes on the cluster; cycle 2 keeps running.
     (gates / "release_1").touch()
-    wait_for(lambda: (root / "runs" / "cycle_0001" / "result.json").exists(), 30, "cycle 1 finished")
-    assert not (root / "runs" / "cycle_0002" / "result.json").exists()
+    wait_for(lambda: _ended_on_cluster(root, 1), 30, "cycle 1 finished")
+    assert not _ended_on_cluster(root, 2)
     resumed = ralph_bg(root, "resume")
     try:
         wait_for(lambda: {e.get("how") for e in _events(root, "recovered")} >= {"collected", "re-attached"}, 60,
@@ -203,6 +209,19 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
         cluster.head_node, cluster.b_node)
     status = ralph(root, "status", "--json")
     assert json.loads(status.stdout)["cycle"] == 3
+
+
+def _ended_on_cluster(root: Path, cycle: int) -> bool:
+    """Whether the cycle's trial ended, asked where its result is while no loop runs: the shared
+    cycle folder, or (code shipped) the trial's actor on the cluster."""
+    import ray
+
+    cdir = root / "runs" / f"cycle_{cycle:04d}"
+    info = json.loads((cdir / "ray_actor.json").read_text())
+    if info["code_transfer"] == "shared":
+        return (cdir / "result.json").exists()
+    actor = ray.get_actor(info["name"], namespace=info["namespace"])
+    return ray.get(actor.wait.remote(0.0), timeout=30) is not None
 
 
 def _lines(path: Path) -> list[str]:
