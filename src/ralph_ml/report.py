@@ -440,7 +440,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
         lines += [
             "## What worked, what hurt",
             "",
-            f"Each cycle against the best so far when it ran (kept = helped; discarded or failed = hurt).",
+            "Each cycle against the best so far when it ran (kept = helped; discarded or failed = hurt).",
             "",
             f"| cycle | change vs best so far | {t.name} | Δ vs best | outcome |",
             "|---:|---|---:|---:|---|",

@@ -26,7 +26,7 @@ PY = shlex.quote(sys.executable)
 FAKE_SLURM_BIN = Path(__file__).resolve().parent.parent / "fake_slurm" / "bin"
 RAY_NAMESPACE = "ralph-ml-tests"
 
-# A trial that hangs with four kinds of processes (as in test_local_executor.py): the shell in the
+# A trial that hangs with four kinds of processes (the executors must all reap them): the shell in the
 # trial's group, a background `sleep` in the group, one that dropped its environment (only its
 # group identifies it), and a python grandchild that left the group with setsid() and ignores
 # SIGTERM (only RALPH_TRIAL_TOKEN identifies it). Each appends its pid to $PIDS.

@@ -4,7 +4,6 @@ the in-flight trial re-run or collected once, and no configuration proposed twic
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time

@@ -5,120 +5,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tracemalloc
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from executors.support import HANG_SH, PY, alive, kill_strays, make_spec, read_pids, wait_for
 from ralph_ml.errors import ExecutorError
 from ralph_ml.executors import LocalExecutor, get_executor, read_result, reap_orphans
-from ralph_ml.hashing import hash_files
 from ralph_ml.records import FailureClass, TrialResult, TrialSpec, TrialStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LocalExecutor needs /proc")
-
-PY = shlex.quote(sys.executable)
-
-# A trial that hangs with four kinds of processes: the shell in the trial's group, a
-# background `sleep` in the same group, one more that dropped the environment (so only its
-# process group identifies it), and a python grandchild that left the group with setsid()
-# and ignores SIGTERM (so only RALPH_TRIAL_TOKEN identifies it). Each appends its pid to ./pids.
-HANG_SH = f"""\
-echo $$ >> pids
-sleep 1000 &
-echo $! >> pids
-env -i sleep 1000 &
-echo $! >> pids
-{PY} -c "import os, signal, time
-os.setsid()
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-open('pids', 'a').write(str(os.getpid()) + chr(10))
-time.sleep(1000)" &
-wait
-"""
 
 
 @pytest.fixture(autouse=True)
 def _no_strays(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Kill whatever a failing test left running: every trial's environment names its tmp_path."""
     yield
-    needle = f"={tmp_path}/".encode()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open(f"/proc/{name}/environ", "rb") as fh:
-                    if needle in fh.read():
-                        os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def make_spec(
-    tmp_path: Path,
-    train_cmd: str,
-    *,
-    eval_cmd: str | None = None,
-    timeout_s: float = 30.0,
-    files: dict[str, str] | None = None,
-    frozen: list[str] | None = None,
-    cycle: int = 1,
-) -> TrialSpec:
-    cycle_dir = tmp_path / f"cycle_{cycle:04d}"
-    code = cycle_dir / "code"
-    code.mkdir(parents=True)
-    for name, text in (files or {}).items():
-        (code / name).write_text(textwrap.dedent(text))
-    env = {
-        "RALPH_RUN_ID": "run-test",
-        "RALPH_CYCLE": str(cycle),
-        "RALPH_METRICS_PATH": str(cycle_dir / "metrics.json"),
-        "RALPH_PROGRESS_PATH": str(cycle_dir / "progress.jsonl"),
-        "RALPH_CONTROL_PATH": str(cycle_dir / "control.json"),
-    }
-    return TrialSpec(
-        run_id="run-test",
-        cycle=cycle,
-        cycle_dir=str(cycle_dir),
-        code_dir=str(code),
-        train_cmd=train_cmd,
-        eval_cmd=eval_cmd,
-        params={},
-        seed=0,
-        timeout_s=timeout_s,
-        env=env,
-        frozen_hashes=hash_files(code, frozen) if frozen else {},
-    )
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a zombie is dead, just not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2 :].split()[0] != b"Z"
-
-
-def wait_for(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.01)
-
-
-def read_pids(path: Path, n: int) -> list[int]:
-    wait_for(lambda: path.exists() and len(path.read_text().split()) >= n)
-    return [int(p) for p in path.read_text().split()]
+    kill_strays(tmp_path)
 
 
 def run(spec: TrialSpec, **kw: float) -> TrialResult:
@@ -251,7 +161,7 @@ def test_timeout_kills_every_process_including_setsid_grandchildren(tmp_path: Pa
     spec = make_spec(tmp_path, "sh hang.sh", timeout_s=1.0, files={"hang.sh": HANG_SH})
     t = time.monotonic()
     handle = LocalExecutor(kill_grace_s=0.5).submit(spec)
-    pids = read_pids(Path(spec.code_dir) / "pids", 4)
+    pids = read_pids(tmp_path / "pids", 4)
     assert all(alive(p) for p in pids)
     result = handle.wait(30)
     elapsed = time.monotonic() - t
@@ -276,7 +186,7 @@ def test_timeout_counts_train_and_eval_together(tmp_path: Path) -> None:
 def test_cancel_stops_a_running_trial_without_waiting_the_grace(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, "sh hang.sh", files={"hang.sh": HANG_SH})
     handle = LocalExecutor(kill_grace_s=5.0).submit(spec)
-    pids = read_pids(Path(spec.code_dir) / "pids", 4)
+    pids = read_pids(tmp_path / "pids", 4)
     assert handle.wait(0.1) is None
     t = time.monotonic()
     handle.cancel()
@@ -431,7 +341,7 @@ def test_reap_orphans_kills_a_trial_whose_loop_died(tmp_path: Path) -> None:
     loop = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(asdict(spec))], stdout=subprocess.PIPE)
     try:
         assert loop.stdout is not None and loop.stdout.readline() == b"submitted\n"
-        pids = read_pids(Path(spec.code_dir) / "pids", 4)
+        pids = read_pids(tmp_path / "pids", 4)
     finally:
         loop.kill()  # kill -9 of the loop: the trial's session outlives it
         loop.wait()
@@ -486,7 +396,7 @@ def test_without_pidfd_the_popen_fallback_behaves_the_same(tmp_path: Path, monke
     assert ok.status is TrialStatus.OK and ok.metrics == {"val_accuracy": 0.5}
     spec = make_spec(tmp_path, "sh hang.sh", timeout_s=0.5, files={"hang.sh": HANG_SH}, cycle=2)
     handle = LocalExecutor(kill_grace_s=0.5).submit(spec)
-    pids = read_pids(Path(spec.code_dir) / "pids", 4)
+    pids = read_pids(tmp_path / "pids", 4)
     result = handle.wait(30)
     assert result is not None and result.status is TrialStatus.TIMEOUT
     wait_for(lambda: not any(alive(p) for p in pids), 2.0)

@@ -25,7 +25,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from ..errors import ExecutorError
 from ..hashing import changed_files
