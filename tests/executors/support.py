@@ -8,6 +8,7 @@ real code talking to the fake Slurm binaries in ``tests/fake_slurm/bin``.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shlex
 import signal
@@ -125,6 +126,41 @@ def wait_for(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "cond
 def read_pids(path: Path, n: int, timeout_s: float = 30.0) -> list[int]:
     wait_for(lambda: path.exists() and len(path.read_text().split()) >= n, timeout_s, f"{n} pids in {path}")
     return [int(p) for p in path.read_text().split()]
+
+
+# A trial for the kill -9 / resume tests through the real CLI: cycles 1 and 2 append their
+# number to $LEDGER, then wait for $GATES/release_<cycle>; cycle 3 runs straight through.
+GATED_TRIAL = """
+import os, time
+cycle = os.environ["RALPH_CYCLE"]
+with open(os.environ["LEDGER"], "a") as fh:
+    fh.write(cycle + "\\n")
+gate = os.path.join(os.environ["GATES"], "release_" + cycle)
+while int(cycle) <= 2 and not os.path.exists(gate):
+    time.sleep(0.05)
+print(f"val_accuracy: {0.5 + int(cycle) / 100}")
+"""
+
+
+def read_text(path: Path) -> str:
+    """The file's text, or "" while it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def run_events(root: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The run's events (state/events.jsonl) so far, of one kind or all; a line being written is skipped."""
+    out = []
+    for line in read_text(root / "state" / "events.jsonl").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if kind is None or e.get("kind") == kind:
+            out.append(e)
+    return out
 
 
 def kill_strays(marker: Path) -> None:

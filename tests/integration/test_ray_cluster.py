@@ -17,7 +17,9 @@ from typing import Iterator
 import pytest
 
 from conftest import ralph, ralph_bg, recorded
-from executors.support import PY, RAY_NAMESPACE, alive, kill_strays, make_spec, ray_cluster, wait_for
+from executors.support import (
+    GATED_TRIAL, PY, RAY_NAMESPACE, alive, kill_strays, make_spec, ray_cluster, read_text, run_events, wait_for,
+)
 from ralph_ml.errors import ExecutorError
 from ralph_ml.executors import get_executor
 from ralph_ml.executors.ray_executor import RayExecutor, RayTrialHandle
@@ -141,16 +143,6 @@ print(json.dumps({{"status": res.status.value, "metric": res.metrics.get("val_ac
 
 # --------------------------------------------------------------------------- the real CLI
 
-TRIAL = """
-import json, os, time
-cycle = os.environ["RALPH_CYCLE"]
-with open(os.environ["LEDGER"], "a") as fh:
-    fh.write(cycle + "\\n")
-gate = os.path.join(os.environ["GATES"], "release_" + cycle)
-while int(cycle) <= 2 and not os.path.exists(gate):
-    time.sleep(0.05)
-print(f"val_accuracy: {0.5 + int(cycle) / 100}")
-"""
 
 
 @pytest.mark.parametrize("via", ["gcs", "client"])
@@ -167,7 +159,7 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     if via == "client":
         ray_cfg = {**ray_cfg, "address": cluster.client_address, "code_transfer": "ship"}
     root = exp(
-        TRIAL, target=0.99,
+        GATED_TRIAL, target=0.99,
         safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
         execution={"mode": "ray", "max_concurrency": 2, "env": {"LEDGER": str(ledger), "GATES": str(gates)}},
         extra={"execution.ray": ray_cfg},
@@ -175,7 +167,7 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     proc = ralph_bg(root, "start")
     try:
         # K = 2: cycles 1 and 2 run at once on the cluster, each waiting for its gate.
-        wait_for(lambda: sorted(_lines(ledger)) == ["1", "2"], 90, "cycles 1 and 2 running")
+        wait_for(lambda: sorted(read_text(ledger).split()) == ["1", "2"], 90, "cycles 1 and 2 running")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -188,7 +180,7 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     assert not _ended_on_cluster(root, 2)
     resumed = ralph_bg(root, "resume")
     try:
-        wait_for(lambda: {e.get("how") for e in _events(root, "recovered")} >= {"collected", "re-attached"}, 60,
+        wait_for(lambda: {e.get("how") for e in run_events(root, "recovered")} >= {"collected", "re-attached"}, 60,
                  "both cycles recovered")
         (gates / "release_2").touch()
         out, err = resumed.communicate(timeout=120)
@@ -196,12 +188,12 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
         if resumed.poll() is None:
             resumed.kill()
     assert resumed.returncode == 2, out + err  # max_cycles reached
-    recovered = {e["cycle"]: e["how"] for e in _events(root, "recovered")}
+    recovered = {e["cycle"]: e["how"] for e in run_events(root, "recovered")}
     assert recovered == {1: "collected", 2: "re-attached"}
     recs = recorded(root)
     assert [r["cycle"] for r in recs] == [1, 2, 3]
     assert [r["result"]["metrics"]["val_accuracy"] for r in recs] == [0.51, 0.52, 0.53]
-    assert sorted(_lines(ledger)) == ["1", "2", "3"]  # every trial ran exactly once
+    assert sorted(read_text(ledger).split()) == ["1", "2", "3"]  # every trial ran exactly once
     # The actors were collected: nothing of this run is left holding the cluster's CPUs.
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == RAY_NAMESPACE]
     assert not [n for n in names if n.startswith("ralph-")], names
@@ -222,26 +214,6 @@ def _ended_on_cluster(root: Path, cycle: int) -> bool:
         return (cdir / "result.json").exists()
     actor = ray.get_actor(info["name"], namespace=info["namespace"])
     return ray.get(actor.wait.remote(0.0), timeout=30) is not None
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text().split()
-    except FileNotFoundError:
-        return []
-
-
-def _events(root: Path, kind: str) -> list[dict]:  # type: ignore[type-arg]
-    path = root / "state" / "events.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if e.get("kind") == kind:
-            out.append(e)
-    return out
 
 
 def test_importing_the_executors_does_not_import_ray_or_submitit() -> None:

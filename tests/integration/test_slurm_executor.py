@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from conftest import ralph_bg, recorded
-from executors.support import PY, alive, fake_slurm_env, kill_strays, make_spec, wait_for
+from executors.support import GATED_TRIAL, PY, alive, fake_slurm_env, kill_strays, make_spec, read_text, run_events, wait_for
 from ralph_ml.errors import ExecutorError
 from ralph_ml.executors import TrialHandle, get_executor
 from ralph_ml.executors.slurm import SlurmExecutor, SlurmTrialHandle
@@ -95,7 +95,7 @@ else:
 
 def test_a_preempted_job_is_requeued_and_the_trial_resumes_from_its_checkpoint(slurm: Path, tmp_path: Path) -> None:
     handle = _ex(tmp_path).submit(make_spec(tmp_path, f"{PY} train.py", files={"train.py": CHECKPOINTED}))
-    pid = int(wait_for(lambda: _read(tmp_path / "attempt1"), 60, "first attempt running"))
+    pid = int(wait_for(lambda: read_text(tmp_path / "attempt1"), 60, "first attempt running"))
     # What Slurm does before preempting: signal the job's steps (submitit asked for USR2).
     subprocess.run(["scancel", "--signal", "USR2", handle.job_id], check=True)
     result = handle.wait(90)
@@ -155,7 +155,7 @@ def test_an_operators_scancel_is_the_trials_sigterm(slurm: Path, tmp_path: Path)
 def test_a_job_that_dies_without_answering_is_recorded_with_the_queues_verdict(slurm: Path, tmp_path: Path) -> None:
     handle = _ex(tmp_path).submit(make_spec(tmp_path, f"echo $$ > \"$MARKS/pid\"; exec {SLEEPY}"))
     wait_for(lambda: (tmp_path / "ran_1").exists(), 60, "job running")
-    trial_pid = int(_read(tmp_path / "pid"))
+    trial_pid = int(read_text(tmp_path / "pid"))
     subprocess.run(["scancel", "--signal", "KILL", handle.job_id], check=True)  # the job's python dies at once
     result = handle.wait(30)
     assert result is not None and result.status is TrialStatus.FAILED and result.failure is FailureClass.CRASH
@@ -180,30 +180,20 @@ def test_without_slurm_on_path_the_error_says_what_to_do(tmp_path: Path, monkeyp
 
 # --------------------------------------------------------------------------- the real CLI
 
-TRIAL = """
-import os, time
-cycle = os.environ["RALPH_CYCLE"]
-with open(os.environ["LEDGER"], "a") as fh:
-    fh.write(cycle + "\\n")
-gate = os.path.join(os.environ["GATES"], "release_" + cycle)
-while int(cycle) <= 2 and not os.path.exists(gate):
-    time.sleep(0.05)
-print(f"val_accuracy: {0.5 + int(cycle) / 100}")
-"""
 
 
 def test_cli_kill9_then_resume_reattaches_to_the_slurm_jobs(slurm: Path, exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ledger, gates = tmp_path / "ledger.txt", tmp_path / "gates"
     gates.mkdir()
     root = exp(
-        TRIAL, target=0.99,
+        GATED_TRIAL, target=0.99,
         safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
         execution={"mode": "slurm", "max_concurrency": 2, "env": {"LEDGER": str(ledger), "GATES": str(gates)}},
         extra={"execution.slurm": {"partition": "debug", "poll_s": 0.5}},
     )
     proc = ralph_bg(root, "start")
     try:
-        wait_for(lambda: sorted(_read(ledger).split()) == ["1", "2"], 90, "cycles 1 and 2 running as jobs")
+        wait_for(lambda: sorted(read_text(ledger).split()) == ["1", "2"], 90, "cycles 1 and 2 running as jobs")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -213,36 +203,19 @@ def test_cli_kill9_then_resume_reattaches_to_the_slurm_jobs(slurm: Path, exp, tm
     wait_for(lambda: (root / "runs" / "cycle_0001" / "result.json").exists(), 30, "job 1 finished")
     resumed = ralph_bg(root, "resume")
     try:
-        wait_for(lambda: len([e for e in _events(root) if e.get("kind") == "recovered"]) == 2, 60, "both recovered")
+        wait_for(lambda: len(run_events(root, "recovered")) == 2, 60, "both recovered")
         (gates / "release_2").touch()
         out, err = resumed.communicate(timeout=120)
     finally:
         if resumed.poll() is None:
             resumed.kill()
     assert resumed.returncode == 2, out + err
-    how = {e["cycle"]: e["how"] for e in _events(root) if e.get("kind") == "recovered"}
+    how = {e["cycle"]: e["how"] for e in run_events(root, "recovered")}
     assert how == {1: "collected", 2: "re-attached"}
     assert [r["cycle"] for r in recorded(root)] == [1, 2, 3]
-    assert sorted(_read(ledger).split()) == ["1", "2", "3"]  # each trial ran once
+    assert sorted(read_text(ledger).split()) == ["1", "2", "3"]  # each trial ran once
     assert len(list((slurm / "jobs").glob("*.json"))) == 3  # and was submitted once
     assert (root / "runs" / "slurm").is_dir()  # execution.slurm.folder, relative to the experiment
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
-def _events(root: Path) -> list[dict]:  # type: ignore[type-arg]
-    out = []
-    for line in _read(root / "state" / "events.jsonl").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
 
 
 def test_handles_are_trial_handles(slurm: Path, tmp_path: Path) -> None:
