@@ -163,7 +163,7 @@ class Loop:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _setup_git(self) -> None:
+    def _setup_git(self, in_flight: tuple[int, ...] = ()) -> None:
         mode = self.cfg.versioning.git
         if mode is False:
             return
@@ -172,7 +172,12 @@ class Loop:
                 return
             rel = [str(p.relative_to(self.ws)) + "/" for p in (self.runs_dir, self.reports_dir, self.state_dir) if p.is_relative_to(self.ws)]
             GitVersions.init_repo(self.ws, exclude=[*self.cfg.files.exclude, *rel])
-        self.git = GitVersions(self.ws, self.run_id, self.state_dir / "git-index")
+        self.git = GitVersions(self.ws, self.run_id)
+        # The commit root versions derive from (kept across resume), and no worktree left
+        # registered by a crash except those of the cycles still in flight.
+        first = next((r.commit for r in sorted(self.history, key=lambda r: r.cycle) if r.commit), None)
+        self.git.begin(first_commit=first, runs_dir=self.runs_dir,
+                       keep=[self.cycle_dir(c) / "code" for c in in_flight])
 
     @classmethod
     def start(cls, cfg: Config, on_event: Optional[EventSink] = None) -> Loop:
@@ -235,7 +240,7 @@ class Loop:
             for rec in rp.records:
                 loop._apply(rec)
             loop.base_elapsed = rp.elapsed_s
-            loop._setup_git()
+            loop._setup_git(tuple(c for c, _ in rp.in_flight))
             loop.control.clear()
             loop.agent = get_agent(cfg)
             loop.analyst = get_analyst(cfg)
@@ -517,6 +522,8 @@ class Loop:
             while (attic / f"{cdir.name}-attempt{n}").exists():
                 n += 1
             aside = attic / f"{cdir.name}-attempt{n}"
+            if self.git is not None:
+                self.git.release(cdir / "code")  # the evidence keeps its files, not a registration
             os.replace(cdir, aside)
             self.emit("recovered", {"cycle": cycle, "how": "re-run", "evidence": str(aside)})
         return self._launch(cycle, proposal, announce=False)
@@ -538,9 +545,16 @@ class Loop:
         (cdir / "logs").mkdir(exist_ok=True)
         (cdir / "checkpoints").mkdir(exist_ok=True)
         if code.exists():  # a leftover from an interrupted attempt: start clean
+            if self.git is not None:
+                self.git.release(code)
             shutil.rmtree(code)
-        snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
         parent, refused = versions.parent_of(proposal, self._best, self._by_cycle, self.cfg.branching.max_fix_attempts)
+        if self.git is not None and not refused and "agent_error" not in proposal.meta:
+            # The code folder is a git worktree at the parent version's commit (None: the run's
+            # base) from here until the cycle is recorded: parallel cycles never share an index.
+            parent_rec = self._by_cycle.get(parent) if parent is not None else None
+            self.git.open_worktree(code, parent_rec.commit if parent_rec else None)
+        snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
         params = {**self._params_of(parent), **proposal.params}
         flight = Flight(cycle, proposal, cdir, params, parent=parent)
         write_json_atomic(cdir / "params.json", params)
@@ -694,9 +708,12 @@ class Loop:
         assert f.result is not None
         self.cycle = f.cycle
         try:
-            return self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, parent=f.parent)
+            d = self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, parent=f.parent)
         finally:
             self.pool.release(f.cycle)
+        if self.git is not None:
+            self.git.release(f.cdir / "code")  # recorded: no longer a registered worktree, files kept
+        return d
 
     def _drain(self, flights: dict[int, Flight]) -> None:
         """The run is stopping: cancel what still runs and record it as cancelled (never lost)."""
@@ -709,6 +726,8 @@ class Loop:
                 self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit,  # type: ignore[arg-type]
                              pruner_saw=f.pruner_saw, final=True, parent=f.parent)
                 self.pool.release(f.cycle)
+                if self.git is not None:
+                    self.git.release(f.cdir / "code")
 
     def _set_paused(self, paused: bool, flights: dict[int, Flight]) -> None:
         self._paused = paused

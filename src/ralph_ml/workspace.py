@@ -1,8 +1,9 @@
-"""Per-cycle code folders, git versioning of each cycle, and patch application.
+"""Per-cycle code folders and patch application.
 
 * :func:`snapshot` copies the experiment's workspace into ``runs/cycle_NNNN/code``.
-* :class:`GitVersions` records each cycle's code as a commit on ``ralph/<run_id>`` with git
-  plumbing and a private index, so the user's working tree, index and HEAD are never touched.
+* :class:`GitVersions` (from :mod:`ralph_ml.gitversions`) makes each cycle's code folder a git
+  worktree at its parent version's commit and commits it there; the user's working tree,
+  index and HEAD are never touched.
 * :func:`apply_patch` applies an agent's unified diff inside a cycle's code folder.
 * :func:`hash_files` (from :mod:`ralph_ml.hashing`) hashes the frozen files.
 
@@ -17,13 +18,13 @@ import os
 import posixpath
 import re
 import shutil
-import subprocess
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ralph_ml.errors import GuardRejected, WorkspaceError
+from ralph_ml.gitversions import GitVersions, _git_env, _run_git
 from ralph_ml.hashing import hash_files
 
 __all__ = [
@@ -49,7 +50,9 @@ def snapshot(src: Path, dest: Path, *, exclude: Sequence[str], skip: Sequence[Pa
     absolute folders left out (runs/, reports/, state/ when they live inside ``src``);
     ``dest`` itself is always skipped. A symlink is copied as a (relative) symlink when its
     target lies inside ``src`` and skipped otherwise: links out of the workspace are never
-    followed. Files keep their mode and mtime (``shutil.copy2``).
+    followed. Files keep their mode and mtime (``shutil.copy2``). ``dest`` must be empty but
+    for a ``.git`` file (a registered git worktree, see :class:`GitVersions`), which is never
+    copied over, listed or removed.
     """
     src_real = os.path.realpath(src)
     if not os.path.isdir(src_real):
@@ -60,7 +63,7 @@ def snapshot(src: Path, dest: Path, *, exclude: Sequence[str], skip: Sequence[Pa
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with os.scandir(dest) as present:
-        if next(present, None) is not None:
+        if any(e.name != ".git" or not e.is_file(follow_symlinks=False) for e in present):
             raise WorkspaceError(
                 f"snapshot folder {str(dest)!r} already holds files; a cycle's code folder must "
                 "start empty (stale files would be committed and run): remove it and retry"
@@ -131,239 +134,6 @@ def _copy_tree(
                 shutil.copy2(entry.path, target, follow_symlinks=False)
                 copied.append(rel)
             # sockets, fifos, devices: not part of an experiment's code
-
-
-# --------------------------------------------------------------------------------------
-# git versioning
-
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "ralph-ml",
-    "GIT_AUTHOR_EMAIL": "ralph-ml@localhost",
-    "GIT_COMMITTER_NAME": "ralph-ml",
-    "GIT_COMMITTER_EMAIL": "ralph-ml@localhost",
-}
-# Inherited variables that would redirect git away from the repository we name explicitly.
-_REPO_ENV = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_PREFIX",
-    "GIT_COMMON_DIR",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_NAMESPACE",
-)
-# Per-command settings: no filesystem monitor daemon or untracked cache for the snapshot
-# work tree (both belong to the user's own work tree); files are compared by inode and
-# ctime too, so a copied file with the same size and mtime is never taken as unchanged.
-_SAFE_CONFIG = (
-    "-c", "core.fsmonitor=false",
-    "-c", "core.untrackedCache=false",
-    "-c", "core.checkStat=default",
-    "-c", "core.trustctime=true",
-    "-c", "core.ignoreStat=false",
-)
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-_ZERO_SHA = "0" * 40
-
-
-def _git_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
-    env.update(_IDENTITY)
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env.update(extra)
-    return env
-
-
-def _git_exe() -> str:
-    exe = shutil.which("git")
-    if exe is None:
-        raise WorkspaceError(
-            "git is not installed (not found on PATH) but versioning.git asks for it; "
-            "install git (e.g. 'apt-get install git') or set versioning.git = false in the config"
-        )
-    return exe
-
-
-def _run_git(
-    args: Sequence[str],
-    *,
-    env: dict[str, str],
-    cwd: Path | str | None = None,
-    input_text: str | None = None,
-    check: bool = True,
-    hint: str,
-) -> subprocess.CompletedProcess[str]:
-    cmd = [_git_exe(), *args]
-    try:
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=env, input=input_text, capture_output=True, text=True, check=False
-        )
-    except OSError as exc:
-        raise WorkspaceError(f"could not start {' '.join(cmd)!r}: {exc}; {hint}") from exc
-    if check and proc.returncode != 0:
-        raise WorkspaceError(
-            f"git command failed (exit {proc.returncode}): git {' '.join(args)}\n"
-            f"stderr: {proc.stderr.strip() or '(empty)'}\n{hint}"
-        )
-    return proc
-
-
-class GitVersions:
-    """Each cycle's code as a commit on ``refs/heads/ralph/<run_id>``, best one tagged.
-
-    Commits are built with plumbing (``add -A`` into a private index, ``write-tree``,
-    ``commit-tree``, ``update-ref``) against the cycle's code folder as work tree: the
-    user's working tree, index and HEAD are never read for writing or changed. The repo's
-    ``.gitignore`` rules (as snapshotted into the code folder) and ``.git/info/exclude``
-    apply. ``repo`` must be the top level of the work tree holding the workspace's files
-    (the workspace itself): the code folder's files land at the root of each commit.
-
-    ``git checkout ralph/<run_id>/best -- train.py`` brings the best version back.
-    """
-
-    def __init__(self, repo: Path, run_id: str, index_path: Path) -> None:
-        if not _RUN_ID_RE.match(run_id) or run_id.endswith(".lock") or ".." in run_id:
-            raise WorkspaceError(
-                f"run id {run_id!r} cannot name a git branch; use letters, digits, '.', '_' "
-                "and '-' (not starting with '.' or '-', no '..', not ending in '.lock')"
-            )
-        self.repo = Path(repo)
-        self.run_id = run_id
-        self.index_path = Path(index_path)
-        self._git_dir = str(self.repo / ".git")
-        self._tip: str | None = None  # the branch tip as of our last commit
-        self._index_holds: str | None = None  # commit whose tree the private index holds
-
-    @property
-    def branch(self) -> str:
-        """Short branch name, ``ralph/<run_id>`` (full ref ``refs/heads/ralph/<run_id>``)."""
-        return f"ralph/{self.run_id}"
-
-    @property
-    def best_tag(self) -> str:
-        """Short tag name, ``ralph/<run_id>/best`` (full ref ``refs/tags/ralph/<run_id>/best``)."""
-        return f"ralph/{self.run_id}/best"
-
-    # -- repository setup -------------------------------------------------------------
-
-    @staticmethod
-    def is_repo(path: Path) -> bool:
-        """True when ``path`` is the top level of a git work tree (False without git)."""
-        if shutil.which("git") is None or not os.path.exists(os.path.join(path, ".git")):
-            return False
-        proc = _run_git(
-            ["-C", str(path), "rev-parse", "--show-toplevel"], env=_git_env(), check=False, hint=""
-        )
-        top = proc.stdout.strip()
-        return proc.returncode == 0 and bool(top) and os.path.realpath(top) == os.path.realpath(path)
-
-    @staticmethod
-    def init_repo(path: Path, *, exclude: Sequence[str] = ()) -> None:
-        """``git init`` ``path`` and commit its current files when the repo has no commit yet.
-
-        ``exclude`` patterns (``data/``, ``runs/``, ``*.pyc``) are appended to the repo's
-        ``.git/info/exclude`` first, so the initial commit holds code, not data or outputs,
-        without writing a ``.gitignore`` into the user's folder. The commit is authored by
-        ``ralph-ml <ralph-ml@localhost>``: no user git config is needed.
-        """
-        path = Path(path)
-        env = _git_env()
-        hint = f"check that {str(path)!r} is a writable folder, or set versioning.git = false"
-        _run_git(["init", "-q", str(path)], env=env, hint=hint)
-        has_commit = _run_git(
-            ["-C", str(path), "rev-parse", "-q", "--verify", "HEAD^{commit}"],
-            env=env, check=False, hint=hint,
-        )
-        if has_commit.returncode == 0:
-            return
-        if exclude:
-            info = path / ".git" / "info"
-            info.mkdir(parents=True, exist_ok=True)
-            existing = (info / "exclude").read_text() if (info / "exclude").exists() else ""
-            new = [p for p in exclude if p not in existing.splitlines()]
-            if new:
-                sep = "" if not existing or existing.endswith("\n") else "\n"
-                body = "# added by ralph-ml: not versioned\n" + "\n".join(new) + "\n"
-                (info / "exclude").write_text(existing + sep + body)
-        _run_git(["-C", str(path), *_SAFE_CONFIG, "add", "-A"], env=env, hint=hint)
-        _run_git(
-            ["-C", str(path), "commit", "-q", "--no-verify", "--no-gpg-sign", "--allow-empty",
-             "-m", "ralph-ml: initial commit of the experiment workspace"],
-            env=env, hint=hint,
-        )
-
-    # -- per cycle --------------------------------------------------------------------
-
-    def commit_cycle(self, cycle: int, code_dir: Path, message: str) -> str:
-        """Commit ``code_dir`` as cycle ``cycle`` on ``ralph/<run_id>``; return the commit sha.
-
-        Call it right after the snapshot is materialized and before the trial runs, so
-        checkpoints and logs the trial writes are never part of the commit. The first
-        parent is the branch's previous tip, else the repo's HEAD commit, else none (an
-        unborn repo). Four git processes per cycle; up to seven on an instance's first call
-        (finding the parent, loading its tree into the private index).
-        """
-        code_dir = Path(code_dir)
-        branch_ref = f"refs/heads/{self.branch}"
-        hint = (
-            f"the cycle's code is still in {str(code_dir)!r}; check that {self._git_dir!r} is a "
-            "healthy git repository ('git fsck') and that no other ralph-ml process uses "
-            f"{str(self.index_path)!r}, or set versioning.git = false"
-        )
-        env = _git_env(GIT_INDEX_FILE=str(self.index_path))
-        base = ["--git-dir", self._git_dir, *_SAFE_CONFIG]
-        parent: str | None
-        old_tip: str | None
-        if self._tip is not None:
-            parent = old_tip = self._tip
-        else:
-            old_tip = self._rev(branch_ref, env, hint)
-            parent = old_tip if old_tip is not None else self._rev("HEAD", env, hint)
-        self.index_path.parent.mkdir(parents=True, exist_ok=True)
-        if parent is None:
-            self.index_path.unlink(missing_ok=True)
-        elif self._index_holds != parent:
-            # Start from the parent's tree so files tracked despite .gitignore stay tracked;
-            # `add -A` then makes the index match code_dir exactly, removals included.
-            _run_git([*base, "read-tree", parent], env=env, hint=hint)
-        _run_git([*base, "--work-tree", str(code_dir), "add", "-A"], env=env, cwd=code_dir, hint=hint)
-        self._index_holds = None  # until the commit below exists
-        tree = _run_git([*base, "write-tree"], env=env, hint=hint).stdout.strip()
-        body = f"{message.rstrip()}\n\nRalph-Run: {self.run_id}\nRalph-Cycle: {cycle}\n"
-        commit_args = [*base, "commit-tree", "--no-gpg-sign", tree]
-        if parent is not None:
-            commit_args += ["-p", parent]
-        sha = _run_git(commit_args, env=env, input_text=body, hint=hint).stdout.strip()
-        # The expected old value makes git refuse to move a branch someone else moved meanwhile.
-        _run_git(
-            [*base, "update-ref", "-m", f"ralph-ml: cycle {cycle}", branch_ref, sha, old_tip or _ZERO_SHA],
-            env=env, hint=hint,
-        )
-        self._tip = self._index_holds = sha
-        return sha
-
-    def mark_best(self, sha: str) -> None:
-        """Point the lightweight tag ``ralph/<run_id>/best`` at ``sha`` (moved if it exists)."""
-        _run_git(
-            ["--git-dir", self._git_dir, "update-ref", "-m", "ralph-ml: new best",
-             f"refs/tags/{self.best_tag}", f"{sha}^{{commit}}"],
-            env=_git_env(),
-            hint=f"{sha!r} should be a commit returned by commit_cycle in {self._git_dir!r}",
-        )
-
-    def _rev(self, ref: str, env: dict[str, str], hint: str) -> str | None:
-        """The commit ``ref`` names, or None when it does not exist (unborn HEAD included)."""
-        args = ["--git-dir", self._git_dir, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}"]
-        proc = _run_git(args, env=env, check=False, hint=hint)
-        if proc.returncode == 0:
-            return proc.stdout.strip()
-        if proc.returncode == 1 and not proc.stderr.strip():
-            return None
-        raise WorkspaceError(
-            f"git command failed (exit {proc.returncode}): git {' '.join(args)}\n"
-            f"stderr: {proc.stderr.strip() or '(empty)'}\n{hint}"
-        )
 
 
 # --------------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ own folders, a failed child is handed back for a bounded number of fixes, and th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import textwrap
 from pathlib import Path
 
-from conftest import ralph, recorded
+from conftest import journal_events, ralph, recorded
 
 TRAIN = """
 import re
@@ -119,3 +121,83 @@ def test_an_agent_that_raises_is_a_recorded_invalid_cycle_not_a_crash(exp) -> No
     for r in recs:
         assert r["result"]["status"] == "invalid" and r["result"]["failure"] == "agent_error"
         assert "KeyError" in r["result"]["message"] and "buggy_agent.py" in r["result"]["message"]
+
+
+# Run before train.py in each trial, inside the cycle's code folder: what git sees there.
+PROBE = """
+import json, os, subprocess, time
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+cycle = int(os.environ["RALPH_CYCLE"])
+deadline = time.monotonic() + 30
+while True:  # the siblings of cycles 1 and 2 wait to see each other's worktree registered
+    listed = git("worktree", "list", "--porcelain").splitlines()
+    codes = sorted(line[len("worktree "):] for line in listed if line.startswith("worktree ") and line.endswith("/code"))
+    if cycle > 2 or len(codes) >= 2 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+seen = os.environ["PROBE_LOG"] + ".seen"
+if cycle <= 2:  # and each waits until the other has looked too, so neither is recorded first
+    open(f"{seen}{cycle}", "w").close()
+    while not os.path.exists(f"{seen}{3 - cycle}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+with open(os.environ["PROBE_LOG"], "a") as fh:
+    fh.write(json.dumps({"cycle": cycle, "worktrees": codes, "head": git("rev-parse", "HEAD"),
+                         "index": os.path.abspath(git("rev-parse", "--git-path", "index")),
+                         "changed": git("diff", "--name-only", "HEAD~1").split()}) + "\\n")
+"""
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_git_history_is_the_version_tree_with_a_worktree_per_cycle_in_flight(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    probe_log = tmp_path / "probe.log"
+    root = exp(TRAIN, target=1.5, space={},
+               safeguards={"max_cycles": 5, "no_improvement_stop_cycles": 10, "max_consecutive_failures": 5},
+               execution={"max_concurrency": 2, "train_cmd": "python probe.py && python train.py",
+                          "env": {"PROBE_LOG": str(probe_log)}},
+               extra={"agents": {"code_model": "scripted_agent:Scripted"}, "branching": {"max_fix_attempts": 1}})
+    (root / "scripted_agent.py").write_text(AGENT)
+    (root / "probe.py").write_text(PROBE)
+    (root / ".gitignore").write_text("runs/\nreports/\nstate/\n__pycache__/\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@u", "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@u"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the user's code"]):
+        subprocess.run(["git", *args], cwd=root, check=True, env=env, capture_output=True)
+    (root / "notes.txt").write_text("uncommitted work of the user\n")
+    head, index = _git(root, "rev-parse", "HEAD"), (root / ".git" / "index").read_bytes()
+
+    proc = ralph(root, "start")
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    run_id = journal_events(root)[0]["run_id"]
+    recs = {r["cycle"]: r for r in recorded(root)}
+    committed = {c: r for c, r in recs.items() if r["commit"]}
+    assert sorted(committed) == [1, 2, 3, 4]  # cycle 5 was refused before any code existed
+    for c, r in committed.items():  # git parent == the parent version's commit (root: the user's HEAD)
+        want = head if r["parent"] is None else recs[r["parent"]]["commit"]
+        assert _git(root, "rev-parse", f"{r['commit']}^") == want, f"cycle {c}"
+        assert _git(root, "rev-parse", f"refs/ralph/{run_id}/cycles/{c:04d}") == r["commit"]
+    assert _git(root, "rev-parse", f"ralph/{run_id}") == committed[4]["commit"]  # the latest cycle
+    assert _git(root, "rev-parse", f"ralph/{run_id}/best") == committed[4]["commit"]  # "fix C", kept
+    graph = _git(root, "log", "--graph", "--oneline", "--all")
+    assert all(r["commit"][:7] in graph for r in committed.values())
+    # while each trial ran, its folder was a registered worktree at its own commit
+    probes = {p["cycle"]: p for p in map(json.loads, probe_log.read_text().splitlines())}
+    assert sorted(probes) == [1, 2, 3, 4]
+    code = {c: str((root / "runs" / f"cycle_{c:04d}" / "code").resolve()) for c in committed}
+    assert probes[1]["worktrees"] == probes[2]["worktrees"] == [code[1], code[2]]  # the siblings, in parallel
+    assert probes[1]["index"] != probes[2]["index"]  # never one index for two children
+    for c, p in probes.items():
+        assert code[c] in p["worktrees"] and p["head"] == committed[c]["commit"]
+        # the change against the parent version (a root version also carries the user's uncommitted work)
+        assert p["changed"] == (["notes.txt"] if committed[c]["parent"] is None else []) + ["train.py"], c
+    # after the run: no worktree left registered, every code folder keeps its files
+    assert _git(root, "worktree", "list", "--porcelain").count("worktree ") == 1
+    for c in recs:
+        folder = root / "runs" / f"cycle_{c:04d}" / "code"
+        assert (folder / "train.py").is_file() and not (folder / ".git").exists()
+    # the user's HEAD, index and working tree are untouched
+    assert _git(root, "rev-parse", "HEAD") == head and (root / ".git" / "index").read_bytes() == index
+    assert _git(root, "status", "--porcelain") == "?? notes.txt"
