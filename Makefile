@@ -31,7 +31,17 @@ $(CHROMIUM):
 	elif sudo -n true 2>/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else echo "the dashboard test needs $(CHROMIUM): run 'sudo apt-get install -y chromium' (Debian/Ubuntu)" >&2; exit 1; fi
 
-test: $(VENV)/.installed $(CHROMIUM)
+# The real-Slurm tests start a private single-node cluster (tests/executors/real_slurm.py) from
+# Debian's Slurm 22.05 packages, installed here when missing. They need root (slurmd launches
+# the jobs); without it they are skipped with that reason.
+SLURMCTLD ?= /usr/sbin/slurmctld
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+$(SLURMCTLD):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SLURM_PACKAGES); \
+	elif sudo -n true 2>/dev/null; then sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SLURM_PACKAGES); \
+	else echo "the real-Slurm tests need $(SLURMCTLD): run 'sudo apt-get install -y $(SLURM_PACKAGES)' (Debian/Ubuntu)" >&2; exit 1; fi
+
+test: $(VENV)/.installed $(CHROMIUM) $(SLURMCTLD)
 	$(PY) -m pytest -q
 
 typecheck: $(VENV)/.installed

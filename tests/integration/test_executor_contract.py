@@ -3,8 +3,9 @@
 Backends (all real): ``local`` (subprocess group), ``ray`` (a detached actor per trial on a
 two-node Ray cluster started by the tests, shared filesystem), ``ray-ship`` (the code goes
 through Ray's object store to a private folder, files come back), ``slurm`` (submitit's
-SlurmExecutor and SlurmJob against the fake sbatch/sacct/scancel/scontrol/srun), and
-``slurm-local`` (the same jobs through submitit's LocalExecutor).
+SlurmExecutor and SlurmJob against the fake sbatch/sacct/scancel/scontrol/srun),
+``slurm-local`` (the same jobs through submitit's LocalExecutor), and ``slurm-real`` (a
+private single-node Slurm 22.05 started by the tests: ``tests/executors/real_slurm.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from executors.real_slurm import real_slurm, why_unavailable
 from executors.support import (
     HANG_SH,
     PY,
@@ -37,7 +39,7 @@ from ralph_ml.records import FailureClass, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="executors need /proc")
 
-ALL = ["local", "ray", "ray-ship", "slurm", "slurm-local"]
+ALL = ["local", "ray", "ray-ship", "slurm", "slurm-local", "slurm-real"]
 
 
 @dataclass
@@ -76,7 +78,14 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     if name == "slurm":
         for k, v in fake_slurm_env(tmp_path / "slurm-state").items():
             monkeypatch.setenv(k, v)
+    elif name == "slurm-real":
+        if why_unavailable():
+            pytest.skip(why_unavailable())
+        for k, v in real_slurm().env.items():
+            monkeypatch.setenv(k, v)
     yield Backend(name, factory)
+    if name == "slurm-real":
+        real_slurm().cancel_all()  # nothing of this test holds the node's CPUs for the next one
     if name.startswith("ray"):
         import ray
 
@@ -150,7 +159,7 @@ def test_failed_trial_reports_exit_code_and_stderr(backend: Backend, tmp_path: P
     )
 
 
-@pytest.mark.parametrize("backend", ["local", "ray", "slurm"], indirect=True)
+@pytest.mark.parametrize("backend", ["local", "ray", "slurm", "slurm-real"], indirect=True)
 def test_changed_frozen_file_makes_the_trial_invalid(backend: Backend, tmp_path: Path) -> None:
     spec = make_spec(
         tmp_path, f"{PY} -c \"open('prepare.py', 'a').write('THRESHOLD = 0')\"", eval_cmd="echo val_accuracy: 1.0",
@@ -222,7 +231,7 @@ def test_timeout_kills_the_whole_process_group(backend: Backend, tmp_path: Path)
     wait_for(lambda: not any(alive(p) for p in pids), 10, "every process of the trial gone")
 
 
-@pytest.mark.parametrize("backend", ["local", "ray", "ray-ship", "slurm"], indirect=True)
+@pytest.mark.parametrize("backend", ["local", "ray", "ray-ship", "slurm", "slurm-real"], indirect=True)
 def test_suspended_time_does_not_count_toward_the_timeout(backend: Backend, tmp_path: Path) -> None:
     # 2.5 s of work under a 4 s limit, with a 3 s pause in the middle: must end OK, not TIMEOUT.
     # Steps of 0.1 s: a stopped sleep() would otherwise catch up on the pause in one go.

@@ -172,7 +172,8 @@ def test_an_unknown_partition_is_refused_with_sbatchs_reason(slurm: Path, tmp_pa
 
 
 def test_without_slurm_on_path_the_error_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    (tmp_path / "no-slurm").mkdir()  # not /usr/bin: `make test` installs a real Slurm there
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))
     with pytest.raises(ExecutorError) as err:
         _ex(tmp_path)
     assert "srun" in str(err.value) and 'backend = "local"' in str(err.value)

@@ -13,7 +13,14 @@
 - Preemption: Slurm (or ``scancel --signal USR2``) signals the job; submitit calls
   ``SlurmTrial.checkpoint``, which kills the trial without recording a result, and requeues
   the job (``execution.slurm.max_requeues`` times); the trial runs again from its
-  ``RALPH_CHECKPOINT_DIR``.
+  ``RALPH_CHECKPOINT_DIR``. A job that Slurm requeues itself (``scontrol requeue``, a
+  preemption without the signal, a node failure) gets SIGTERM like a cancelled one: the job
+  asks ``scontrol`` whether its restart count went up and, if so, gives no answer either. A
+  requeued job whose trial had already ended (result.json) answers with that result instead of
+  running the trial again.
+- The queue's state comes from ``sacct`` (through submitit's watcher); where ``sacct`` has no
+  answer (a cluster without accounting: "Slurm accounting storage is disabled", or a job
+  the database has not seen yet) ``squeue --states=all`` gives it.
 - ``backend = "local"`` runs the same job through submitit's ``LocalExecutor`` on this machine.
 """
 
@@ -22,6 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -47,9 +58,15 @@ _RESULT_POLL_S = 0.25  # how often the loop looks for the job's result file (a s
 _CANCEL_MARGIN_S = 30.0  # on top of kill_grace_s before a job that ignores a cancel is scancel'ed
 _TIME_MARGIN_MIN = 5  # default job time limit: the per-cycle limit plus this
 _NO_LIMIT_MIN = 7 * 24 * 60  # job time limit when the cycle has none
-# sacct states of a job that may still run (submitit counts the same ones as unfinished)
-_ACTIVE = ("READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING", "RESIZING")
-_QUEUED = ("PENDING", "REQUEUED", "CONFIGURING")
+_SLURM_CMD_TIMEOUT_S = 60  # squeue/sacct/scontrol calls: a busy controller answers slowly
+# Job states (sacct/squeue) of a job that may still run: submitit's unfinished ones, plus those
+# of a job held, suspended or stopped by an operator, which continues once released.
+_ACTIVE = ("READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING", "RESIZING",
+           "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+           "SPECIAL_EXIT")
+_QUEUED = ("PENDING", "REQUEUED", "CONFIGURING", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT")
+_SUSPENDED = ("SUSPENDED", "STOPPED")  # its processes cannot read a cancel request: scancel'ed at once
+_GONE = "GONE"  # neither sacct nor squeue knows the job: it ended and was purged without accounting
 
 
 # --------------------------------------------------------------------------- on the node
@@ -81,18 +98,34 @@ class SlurmTrial(submitit.helpers.Checkpointable):
                 status=TrialStatus.CANCELLED, failure=FailureClass.CANCELLED, started_at=now, ended_at=now,
                 message="cancelled before the Slurm job started the trial",
             ).to_dict()
-        trial = self._trial = BackgroundTrial(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern)
-        suspended = False
-        while (result := trial.wait(_CONTROL_POLL_S)) is None:
-            state = control.read()
-            if state["cancel"]:
-                trial.cancel()
-            elif state["suspended"] != suspended:
-                suspended = state["suspended"]
-                (trial.suspend if suspended else trial.resume)()
-        self._trial = None
-        if self.attempt > 1:
-            note = f"ran {self.attempt} times: the Slurm job was preempted and requeued {self.attempt - 1} time(s)"
+        if _restart_count() and (done := read_result(Path(spec.cycle_dir))) is not None:
+            # Requeued after the trial had ended (an operator's requeue of a finished job, or the
+            # job died between the trial's end and its answer): answer that, never run it twice.
+            return done.to_dict()
+        terminated = threading.Event()  # Slurm's SIGTERM: scancel, time limit, or a requeue
+        previous = _on_sigterm(terminated)
+        try:
+            trial = self._trial = BackgroundTrial(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern)
+            suspended = False
+            while (result := trial.wait(_CONTROL_POLL_S)) is None:
+                state = control.read()
+                if state["cancel"]:
+                    trial.cancel()
+                elif state["suspended"] != suspended:
+                    suspended = state["suspended"]
+                    (trial.suspend if suspended else trial.resume)()
+        finally:
+            self._trial = None
+            _restore_sigterm(previous)
+        if terminated.is_set() and _being_requeued():
+            # Slurm is putting the job back in the queue: this run's end (its trial got the same
+            # SIGTERM) is not the trial's result. No answer, no result.json: the job runs again.
+            (Path(spec.cycle_dir) / RESULT_FILE).unlink(missing_ok=True)
+            raise SystemExit(f"Slurm job {os.environ.get('SLURM_JOB_ID')} is being requeued; cycle {spec.cycle} runs again")
+        requeues = max(self.attempt - 1, _restart_count())
+        if requeues:
+            why = "preempted and requeued" if self.attempt > 1 else "requeued"
+            note = f"ran {requeues + 1} times: the Slurm job was {why} {requeues} time(s)"
             result = TrialResult.from_dict({**result.to_dict(), "message": f"{result.message}; {note}" if result.message else note})
         return result.to_dict()
 
@@ -101,7 +134,61 @@ class SlurmTrial(submitit.helpers.Checkpointable):
         trial = self._trial
         if trial is not None:
             trial.handle.terminate(f"preempted on attempt {self.attempt}; the Slurm job is requeued")
+        # What this run's trial may have written (Slurm's signal reaches its processes too, and
+        # may have ended it first) is not the result: the requeued run decides.
+        (Path(self.spec["cycle_dir"]) / RESULT_FILE).unlink(missing_ok=True)
         return DelayedSubmission(SlurmTrial(self.spec, self.kill_grace_s, self.metrics_pattern, self.attempt + 1))
+
+
+def _on_sigterm(flag: threading.Event) -> Any:
+    """Note SIGTERM in ``flag`` and pass it on to the handler before (submitit's: log and carry on)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        flag.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: nothing to watch with
+        return None
+    return previous
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        try:
+            signal.signal(signal.SIGTERM, previous)
+        except ValueError:
+            pass
+
+
+def _restart_count() -> int:
+    """How many times Slurm restarted this job before this run (0 outside a Slurm job)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) if _in_slurm_job() else 0
+    except ValueError:
+        return 0
+
+
+def _in_slurm_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and bool(os.environ.get("SLURM_JOB_ID"))
+
+
+def _being_requeued() -> bool:
+    """Whether Slurm requeued this job since it started: its ``Restarts`` went up (scontrol)."""
+    if not _in_slurm_job():
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "-o", "show", "job", os.environ["SLURM_JOB_ID"]],
+            capture_output=True, text=True, timeout=_SLURM_CMD_TIMEOUT_S, check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    found = re.search(r"\bRestarts=(\d+)", out)
+    return found is not None and int(found.group(1)) > _restart_count()
 
 
 # --------------------------------------------------------------------------- the loop's side
@@ -142,6 +229,7 @@ class SlurmExecutor(Executor):
         self.signal_delay_s = signal_delay_s
         self.poll_s = poll_s
         self.lock = threading.Lock()  # submitit's status watcher is shared and not thread-safe
+        self.sacct_enabled: bool | None = None  # whether this cluster keeps accounting; None: not asked yet
         self._ex: submitit.SlurmExecutor | submitit.LocalExecutor
         try:
             if backend == "slurm":
@@ -213,6 +301,20 @@ class SlurmExecutor(Executor):
             raise ExecutorError(f"could not record job {job.job_id} in {cycle_dir / JOB_FILE}: {exc}; it was cancelled") from exc
         return SlurmTrialHandle(spec, job, self)
 
+    def queue_state(self, job: submitit.Job[Any], *, force: bool) -> str:
+        """The job's state from sacct, or from squeue where sacct has none. Call with ``lock`` held."""
+        if self.sacct_enabled is not False:
+            state = str(job.watcher.get_state(job.job_id, mode="force" if force else "cache")).upper()
+            if state != "UNKNOWN" or not force:
+                return state
+            if self.sacct_enabled is None:
+                self.sacct_enabled = _sacct_enabled()
+                if not self.sacct_enabled:
+                    log.info("sacct: Slurm accounting storage is disabled on this cluster; asking squeue for job states")
+        state = _squeue_state(str(job.job_id))
+        # Unknown to the controller: with accounting, sacct will know it (its database may lag).
+        return "UNKNOWN" if state == _GONE and self.sacct_enabled is not False else state
+
     def rebuild_job(self, job_id: str, folder: str) -> submitit.Job[Any]:
         if self.backend == "local":
             return submitit.LocalJob(folder=folder, job_id=job_id)
@@ -271,8 +373,12 @@ class SlurmTrialHandle(TrialHandle):
             return
         self._cancelling = True
         self._control.write(cancel=True)  # a job that starts later will not run the trial either
-        if self.state(force=True) in _QUEUED:
+        state = self.state(force=True).split()[0]
+        if state in _QUEUED:
             self._scancel("cancelled while queued in Slurm")
+            return
+        if state in _SUSPENDED:
+            self._scancel(f"cancelled while {state.lower()} by Slurm")
             return
         deadline = time.monotonic() + self._ex.kill_grace_s + _CANCEL_MARGIN_S
         while time.monotonic() < deadline:
@@ -299,7 +405,7 @@ class SlurmTrialHandle(TrialHandle):
                 if proc is not None:
                     return "RUNNING" if proc.poll() is None else "COMPLETED"
                 return "RUNNING" if _pid_alive(int(self.job.job_id)) else "COMPLETED"
-            return str(self.job.watcher.get_state(self.job_id, mode="force" if force else "cache")).upper()
+            return self._ex.queue_state(self.job, force=force)
 
     def _check(self, *, ask_queue: bool = True) -> TrialResult | None:
         """The result once the job ended: its own answer, or what the queue says happened."""
@@ -345,6 +451,9 @@ class SlurmTrialHandle(TrialHandle):
             why = f"hit its Slurm time limit ({self._ex.job_parameters(self.spec).get('time', '?')} min, execution.slurm.time_min)"
         elif word == "OUT_OF_MEMORY":
             status, failure, why = TrialStatus.FAILED, FailureClass.OOM, "ran out of memory (execution.slurm.mem_gb)"
+        elif word == _GONE:
+            status, failure = TrialStatus.FAILED, FailureClass.CRASH
+            why = "left no result, and Slurm no longer knows the job (not in squeue; no accounting to ask)"
         else:
             status, failure, why = TrialStatus.FAILED, FailureClass.CRASH, f"ended as {state} without a result"
         return TrialResult(status=status, failure=failure, started_at=now, ended_at=now,
@@ -371,6 +480,35 @@ class SlurmTrialHandle(TrialHandle):
                 except OSError as exc:
                     log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
         return self._result
+
+
+def _sacct_enabled() -> bool:
+    """False where sacct says the cluster keeps no accounting (no slurmdbd); True otherwise."""
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-j", "1", "-o", "JobID"], capture_output=True, text=True,
+                              timeout=_SLURM_CMD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return True  # no verdict: keep asking sacct through submitit
+    return not (proc.returncode != 0 and "accounting storage is disabled" in proc.stderr)
+
+
+def _squeue_state(job_id: str) -> str:
+    """The job's state from the controller (finished jobs stay there for MinJobAge, 300 s by default)."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%i|%T"], capture_output=True,
+                              text=True, timeout=_SLURM_CMD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("squeue about Slurm job %s failed: %s", job_id, exc)
+        return "UNKNOWN"
+    for line in proc.stdout.splitlines():
+        found, _, state = line.strip().partition("|")
+        if found == job_id and state:
+            return state.strip().upper()
+    if "Invalid job id" in proc.stderr:
+        return _GONE
+    if proc.returncode != 0:
+        log.warning("squeue about Slurm job %s failed: %s", job_id, proc.stderr.strip()[-500:])
+    return "UNKNOWN"
 
 
 def _pid_alive(pid: int) -> bool:
