@@ -1,14 +1,19 @@
 """Compute to reach the target: ralph-ml's built-in agent against plain random search and TPE.
 
-    python bench/search_efficiency.py [--templates digits mnist1d] [--seeds 0 1 2] [--max-cycles 20]
+    python bench/search_efficiency.py [--templates digits mnist1d] [--seeds 0 1 2] [--max-cycles 20] [--runs runs.jsonl]
+    python bench/search_efficiency.py --from-runs runs.jsonl   # the tables again, from recorded runs
     python bench/search_efficiency.py --throughput      # K=2 vs K=1 trials/s on 1-second trials
 
 For each template, strategy and seed it runs the real CLI (`ralph-ml start`) in a fresh copy
 of the template and measures the CPU-seconds of the whole process tree (the loop and every
 trial, from os.wait4) until the run stops: at the target (exit 0) or after --max-cycles.
-The plateau rule is disabled so every strategy gets the same budget. Strategies:
+The plateau rule is disabled so every strategy gets the same budget. --runs appends every
+run (its CPU-seconds and each cycle's parameters, source and metric) to a JSON-lines file;
+--from-runs prints the tables again from such a file. "CPU-s per seed" marks with * a run
+that stopped at --max-cycles without reaching the target.
+Strategies:
 
-  ralph        built-in agent (baseline first, analysis steering, TPE), K=1
+  ralph        built-in agent (baseline, structure screen, analysis steering, TPE), K=1
   ralph-prune  the same with the median pruner on the trials' progress reports
   ralph-k2     the same as ralph with two trials at once
   tpe          plain Optuna TPE (agent plugin bench_agents:TPE)
@@ -28,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
@@ -74,22 +80,70 @@ def run_one(template: str, strategy: str, seed: int, max_cycles: int) -> dict[st
         recs = [json.loads(line)["record"] for line in (exp / "state" / "journal.jsonl").read_text().splitlines()
                 if '"type":"cycle_recorded"' in line]
         best = max((r["metric"] for r in recs if r["metric"] is not None), default=float("nan"))
+        trace = [{"cycle": r["cycle"], "params": r["proposal"]["params"], "source": r["proposal"].get("meta", {}).get("source"),
+                  "metric": r["metric"], "status": r["result"]["status"]} for r in recs]
         return {"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall, "reached": rc == 0,
-                "cycles": len(recs), "best": best, "pruned": sum(r["result"]["status"] == "pruned" for r in recs)}
+                "cycles": len(recs), "best": best, "pruned": sum(r["result"]["status"] == "pruned" for r in recs),
+                "trace": trace}
 
 
-def search_table(templates: list[str], seeds: list[int], max_cycles: int) -> None:
+def _header(template: str, seeds: list[int], max_cycles: int) -> None:
+    print(f"\n## {template} (target from the template; budget {max_cycles} cycles; seeds {seeds})\n")
+    print("| strategy | reached target | CPU-s to stop (median) | CPU-s to stop (mean) | CPU-s when reached (median) "
+          "| CPU-s per seed | best metric (median) | cycles (median) |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+
+
+def _row(strategy: str, rows: list[dict[str, Any]]) -> None:
+    cpu = [float(r["cpu_s"]) for r in rows]
+    reached = [float(r["cpu_s"]) for r in rows if r["reached"]]
+    per_seed = " ".join(f"{c:.0f}" + ("" if r["reached"] else "*") for c, r in zip(cpu, rows))
+    print(f"| {strategy} | {len(reached)}/{len(rows)} | {statistics.median(cpu):.0f} | {statistics.mean(cpu):.0f} | "
+          f"{f'{statistics.median(reached):.0f}' if reached else 'n/a'} | {per_seed} | "
+          f"{statistics.median(float(r['best']) for r in rows):.4f} | {statistics.median(int(r['cycles']) for r in rows):.0f} |",
+          flush=True)
+
+
+def _ratios(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
+    """The built-in agent's CPU-seconds to stop over each plain baseline's (median and mean)."""
+    ours = [float(r["cpu_s"]) for r in by_strategy.get("ralph", [])]
+    for plain in ("tpe", "random"):
+        theirs = [float(r["cpu_s"]) for r in by_strategy.get(plain, [])]
+        if ours and theirs:
+            print(f"\nralph / {plain}: {statistics.median(ours) / statistics.median(theirs):.2f}x (medians), "
+                  f"{statistics.mean(ours) / statistics.mean(theirs):.2f}x (means)", end="")
+    print()
+
+
+def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_path: Path | None = None) -> None:
     for template in templates:
-        print(f"\n## {template} (target from the template; budget {max_cycles} cycles; seeds {seeds})\n")
-        print("| strategy | reached target | CPU-s to stop (median) | CPU-s when reached (median) | best metric (median) | cycles (median) |")
-        print("|---|---:|---:|---:|---:|---:|")
+        _header(template, seeds, max_cycles)
+        by_strategy: dict[str, list[dict[str, Any]]] = {}
         for strategy in STRATEGIES:
-            rows = [run_one(template, strategy, s, max_cycles) for s in seeds]
-            reached = [r for r in rows if r["reached"]]
-            cpu_reached = f"{statistics.median(r['cpu_s'] for r in reached):.0f}" if reached else "n/a"  # type: ignore[misc]
-            print(f"| {strategy} | {len(reached)}/{len(rows)} | {statistics.median(r['cpu_s'] for r in rows):.0f} | "  # type: ignore[misc]
-                  f"{cpu_reached} | {statistics.median(r['best'] for r in rows):.4f} | "  # type: ignore[misc]
-                  f"{statistics.median(r['cycles'] for r in rows):.0f} |", flush=True)  # type: ignore[misc]
+            rows = by_strategy.setdefault(strategy, [])
+            for s in seeds:
+                row = run_one(template, strategy, s, max_cycles)
+                rows.append(row)
+                if runs_path is not None:
+                    with open(runs_path, "a") as fh:
+                        fh.write(json.dumps({"template": template, "strategy": strategy, "seed": s,
+                                             "max_cycles": max_cycles, **row}) + "\n")
+            _row(strategy, rows)
+        _ratios(by_strategy)
+
+
+def tables_from_runs(path: Path) -> None:
+    """Print the tables again from a --runs file (runs in the order they were recorded)."""
+    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for template in dict.fromkeys(r["template"] for r in runs):
+        mine = [r for r in runs if r["template"] == template]
+        _header(template, sorted({int(r["seed"]) for r in mine}), max(int(r.get("max_cycles", 0)) for r in mine))
+        by_strategy: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(mine, key=lambda r: int(r["seed"])):
+            by_strategy.setdefault(r["strategy"], []).append(r)
+        for strategy, rows in by_strategy.items():
+            _row(strategy, rows)
+        _ratios(by_strategy)
 
 
 def throughput(n: int = 12) -> None:
@@ -124,12 +178,17 @@ def main() -> None:
     ap.add_argument("--templates", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--max-cycles", type=int, default=20)
+    ap.add_argument("--runs", type=Path, help="append every run, with its cycles, to this JSON-lines file")
+    ap.add_argument("--from-runs", type=Path, help="only print the tables again from a --runs file")
     ap.add_argument("--throughput", action="store_true", help="only the K=2 vs K=1 throughput check")
     args = ap.parse_args()
     if args.throughput:
         throughput()
         return
-    search_table(args.templates, args.seeds, args.max_cycles)
+    if args.from_runs:
+        tables_from_runs(args.from_runs)
+        return
+    search_table(args.templates, args.seeds, args.max_cycles, args.runs)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,7 @@ class Agents(_Model):
     opencode_model: Optional[str] = None
     n_startup_trials: int = Field(default=5, ge=0)  # random trials before TPE models the space
     steer: bool = True  # follow high-confidence analysis recommendations one step
+    screen: bool = True  # far from the target, run each untried non-numeric categorical choice once
     llm: LLMAgent = Field(default_factory=LLMAgent)
     cli: CLIAgents = Field(default_factory=CLIAgents)
 

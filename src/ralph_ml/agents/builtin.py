@@ -1,11 +1,24 @@
-"""The built-in, offline agent: Optuna TPE over the declared search space.
+"""The built-in, offline agent: structure first, then Optuna TPE over the declared search space.
 
-Deterministic given the project seed *and the history*: each proposal uses a sampler
-seeded by ``(seed, cycle)`` over a study rebuilt from the journal, so a resumed run
-proposes exactly what an uninterrupted one would, and never re-proposes a configuration
-it already tried. Cycle 1 runs the baseline (the ``default`` of every parameter). When
-the last analysis has a high-confidence recommendation (``increase:dropout``), the agent
-follows it one step from the best configuration before going back to TPE.
+Deterministic given the project seed *and the history*: each proposal is a function of the
+seed, the cycle and the recorded cycles (TPE uses a sampler seeded by ``(seed, cycle)`` over
+a study rebuilt from the journal), so a resumed run proposes exactly what an uninterrupted
+one would, and never re-proposes a configuration it already tried. In order:
+
+1. Cycle 1 runs the baseline (the ``default`` of every parameter).
+2. Structure first, while the best is *far* from the target: every choice of a nominal
+   categorical parameter (choices that are not numbers: ``arch = ["mlp", "cnn"]``) that
+   no cycle has run yet is tried once, one factor at a time from the best configuration,
+   in the order the search space declares them. Far means the remaining gap to the target
+   is larger than the spread of the metric among the cycles that share the best's
+   structure (its nominal choices), i.e. larger than anything the numeric parameters have
+   been seen to move it by. TPE's random start-up would reach an untried structure only by
+   chance; the screen costs one trial per choice.
+3. Steering, after ``agents.n_startup_trials`` cycles and only once *near* (gap within that
+   spread): a high-confidence recommendation of the last analysis (``increase:dropout``) is
+   followed one step from the best configuration, never twice in a row.
+4. Otherwise TPE (multivariate, constant liar for parallel proposals), whose random
+   start-up counts the cycles above.
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from .base import Agent, AgentContext
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _RESAMPLE_TRIES = 20
+# The structure screen may take at most this share of safeguards.max_cycles: the rest is
+# left to the model-based search however many choices the space declares.
+_SCREEN_SHARE = 0.5
 
 
 def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
@@ -43,6 +59,15 @@ def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+def nominal(p: Param) -> bool:
+    """A categorical whose choices are not all numbers: structure (``arch``, ``optimizer``, a switch).
+
+    Numeric choices (``batch_size = [32, 64, 128]``) are an ordered axis, tuned like numbers."""
+    if p.type != "categorical":
+        return False
+    return not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in (p.choices or []))
 
 
 def step_param(p: Param, value: Any, direction: str) -> Any:
@@ -78,6 +103,7 @@ class BuiltinAgent(Agent):
         self.space = cfg.search_space
         self.dists = distributions(self.space)
         self.seed = cfg.project.seed
+        self.nominal = [name for name, p in self.space.items() if nominal(p)]  # in declared order
         self.study = optuna.create_study(
             direction="maximize" if cfg.target.dir.value == "maximize" else "minimize"
         )
@@ -128,12 +154,70 @@ class BuiltinAgent(Agent):
             out[name] = int(p.default) if p.type == "int" else (float(p.default) if p.type == "float" else p.default)  # type: ignore[arg-type]
         return out
 
+    # -- how far from the target ----------------------------------------------------
+    def _structure(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(params.get(name) for name in self.nominal)
+
+    def _distance(self, ctx: AgentContext) -> tuple[float, float] | None:
+        """(gap, spread): how far the best is from the target, and how far the metric has moved
+        among the cycles that share the best's structure (its nominal choices): what the
+        numeric parameters have been seen to do. None without a best."""
+        best = ctx.best
+        if best is None or best.metric is None or not math.isfinite(best.metric):
+            return None
+        target = self.cfg.target
+        gap = target.value - best.metric if target.dir.value == "maximize" else best.metric - target.value
+        same = self._structure(best.proposal.params)
+        metrics = [
+            r.metric for r in ctx.history
+            if r.result.status is TrialStatus.OK and r.metric is not None and math.isfinite(r.metric)
+            and self._structure(r.proposal.params) == same
+        ]
+        return gap, (max(metrics) - min(metrics)) if metrics else 0.0
+
+    def _far(self, ctx: AgentContext) -> bool:
+        """The remaining gap is larger than anything the numeric parameters have moved the metric by."""
+        d = self._distance(ctx)
+        return d is None or d[0] > d[1]
+
+    # -- structure first -------------------------------------------------------------
+    def _screened(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
+        """The best configuration with one nominal choice no cycle has run, while far from the target."""
+        if not self.cfg.agents.screen or not self.nominal or not self._far(ctx):
+            return None
+        proposals = [r.proposal for r in ctx.history] + list(ctx.pending)
+        if sum(p.meta.get("source") == "screen" for p in proposals) >= _SCREEN_SHARE * self.cfg.safeguards.max_cycles:
+            return None
+        baseline = self._baseline()
+        if ctx.best is None:
+            base = baseline  # nothing scored yet (the baseline failed or is still running)
+        else:
+            best = {k: v for k, v in ctx.best.proposal.params.items() if k in self.dists}
+            base = best if set(best) == set(self.dists) else ({**baseline, **best} if baseline is not None else None)
+        if base is None:
+            return None
+        for name in self.nominal:
+            run = {p.params[name] for p in proposals if name in p.params}
+            for choice in self.space[name].choices or []:
+                params = {**base, name: choice}
+                if choice in run or _key(params) in self.tried:
+                    continue
+                d = self._distance(ctx)
+                why = "no cycle has scored yet" if ctx.best is None or d is None else (
+                    f"the best ({ctx.best.metric:.4g}, cycle {ctx.best.cycle}) is {d[0]:.4g} from the target, more than "
+                    f"the numeric parameters have moved it ({d[1]:.4g})")
+                return params, f"structure first: `{name}` = {choice!r}, not run yet, from the best configuration; {why}"
+        return None
+
+    # -- steering --------------------------------------------------------------------
     def _steered(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
         if not self.cfg.agents.steer or ctx.best is None or ctx.last_analysis is None:
             return None
         # Explore first: analysis advice is followed only once the random start-up phase is over,
-        # and never twice in a row (one-step moves cost a whole trial each; TPE keeps searching).
-        if len(ctx.history) <= self.cfg.agents.n_startup_trials:
+        # never twice in a row (one-step moves cost a whole trial each; TPE keeps searching), and
+        # never while the target is farther than the numeric parameters have moved the metric:
+        # a one-step nudge cannot close such a gap.
+        if len(ctx.history) <= self.cfg.agents.n_startup_trials or self._far(ctx):
             return None
         last = ctx.history[-1] if ctx.history else None
         if last is not None and last.proposal.meta.get("steered"):
@@ -160,6 +244,11 @@ class BuiltinAgent(Agent):
         if baseline is not None and _key(baseline) not in self.tried:
             self.tried.add(_key(baseline))
             return Proposal(params=baseline, rationale="baseline: the default of every parameter", agent=self.name, meta={"source": "baseline"})
+        screened = self._screened(ctx)
+        if screened is not None:
+            params, why = screened
+            self.tried.add(_key(params))
+            return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "screen"})
         steered = self._steered(ctx)
         if steered is not None:
             params, why = steered
