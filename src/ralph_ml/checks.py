@@ -28,6 +28,34 @@ def trial_path_env() -> str:
     return os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
+def _check_preload(cfg: Config, rep: CheckReport) -> None:
+    """Say which trial commands execution.preload speeds up (only plain `python script.py` ones)."""
+    from .executors.warm import warm_command
+
+    ex = cfg.execution
+    modules = ", ".join(ex.preload)
+    if ex.mode != "local":
+        rep.warnings.append(f"execution.preload ({modules}) is used by mode = 'local' only; "
+                            f"with mode = {ex.mode!r} every trial starts a fresh interpreter")
+        return
+    path = ex.env.get("PATH") or trial_path_env()  # as trial_env builds it
+    cold = []
+    for name, cmd in (("train_cmd", ex.train_cmd), ("eval_cmd", ex.eval_cmd)):
+        if cmd is None:
+            continue
+        warm = warm_command(cmd, path)
+        rep.info.append(f"{name} runs {'warm' if warm else 'cold'}: {cmd!r}"
+                        + (f" (forked after importing {modules})" if warm else ""))
+        if warm is None:
+            cold.append(name)
+    if len(cold) == (2 if ex.eval_cmd else 1):
+        rep.warnings.append(
+            f"execution.preload ({modules}) is set but no trial command can use it: only plain "
+            "`python [-u] script.py args` or `python -m module args` commands run warm (no shell syntax, "
+            "the loop's own python)"
+        )
+
+
 def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport, will_write: tuple[str, ...] = ()) -> None:
     try:
         argv = shlex.split(cmd)
@@ -83,6 +111,8 @@ def check_workspace(cfg: Config) -> CheckReport:
         _check_cmd("eval_cmd", cfg.execution.eval_cmd, ws, rep, will_write)
     if cfg.execution.prepare_cmd:
         _check_cmd("prepare_cmd", cfg.execution.prepare_cmd, ws, rep)
+    if cfg.execution.preload:
+        _check_preload(cfg, rep)
     if not cfg.search_space:
         rep.warnings.append("search_space is empty: the builtin agent can only run the code once")
     if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:

@@ -150,8 +150,19 @@ class Execution(_Model):
     gpus: Union[list[int], Literal["auto"]] = "auto"
     gpus_per_trial: Optional[int] = Field(default=None, ge=0)  # default: 1 when the pool has GPUs
     cpus_per_trial: Optional[int] = Field(default=None, ge=1)  # sets OMP/MKL_NUM_THREADS per trial
+    # Warm starts (local mode): modules imported once by a server that `python script.py`
+    # trial commands are forked from, e.g. ["torch", "sklearn"]; [] = a fresh interpreter each time.
+    preload: list[str] = Field(default_factory=list)
     ray: RayExecution = Field(default_factory=RayExecution)  # used when mode = "ray"
     slurm: SlurmExecution = Field(default_factory=SlurmExecution)  # used when mode = "slurm"
+
+    @field_validator("preload")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if not all(part.isidentifier() for part in m.split("."))]
+        if bad:
+            raise ValueError(f"preload takes importable module names such as 'torch' or 'sklearn.datasets', got {bad}")
+        return v
 
     @field_validator("metrics_pattern")
     @classmethod
@@ -406,6 +417,9 @@ class Config(_Model):
             return ex.ray.model_dump()
         if ex.mode == "slurm":
             return {**ex.slurm.model_dump(), "folder": str(self.path(ex.slurm.folder))}
+        if ex.preload:
+            return {"preload": list(ex.preload), "workspace": self.path(self.paths.workspace),
+                    "preload_log": self.path(self.paths.state) / "preload.log"}
         return {}
 
     @property

@@ -86,7 +86,8 @@ def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     cfg = root / "ralph.toml"
     cfg.write_text(cfg.read_text().replace("max_cycles = 12", "max_cycles = 4"))
-    assert ralph(root, "validate").returncode == 0
+    checked = ralph(root, "validate")
+    assert checked.returncode == 0 and "train_cmd runs warm" in checked.stdout and "eval_cmd runs warm" in checked.stdout
     proc = ralph(root, "start", timeout=600)
     assert proc.returncode in (0, 2, 3), proc.stdout + proc.stderr
     recs = recorded(root)
@@ -97,4 +98,6 @@ def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
     m = json.loads((root / "runs" / "cycle_0001" / "metrics.json").read_text())
     assert {"val_accuracy", "val_loss", "train_loss"} <= set(m["result"])
     assert (root / "runs" / "cycle_0001" / "checkpoints" / "val_scores.npy").exists()
+    # execution.preload: every command was forked from the warm-start server (the last, eval, recorded).
+    assert all(json.loads((root / "runs" / f"cycle_{r['cycle']:04d}" / "trial.json").read_text())["warm"] for r in recs)
     assert "improvement" in (root / "reports" / "final_report.md").read_text()

@@ -2,6 +2,8 @@
 
 - ``train_cmd`` (then ``eval_cmd``) runs with ``/bin/sh -c`` in ``spec.code_dir`` as the
   leader of a new session and process group, so one ``killpg`` reaches everything it started.
+  With ``preload``, a plain ``python script.py`` command is forked from a warm-start server
+  instead (``executors.warm``): same session, group, files and environment, no import cost.
 - stdout/stderr go straight to ``<cycle_dir>/logs/{stdout,stderr}.log``; nothing is buffered here.
 - ``<cycle_dir>/trial.json`` records pid, pgid, the /proc start time and a random token that is
   also in the trial's environment (``RALPH_TRIAL_TOKEN``): after a crash of the loop itself,
@@ -25,6 +27,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import ExecutorError
 from ..hashing import changed_files
@@ -32,6 +35,7 @@ from ..journal import write_json_atomic
 from ..metrics import DEFAULT_METRICS_PATTERN, read_metrics
 from ..records import FailureClass, TrialResult, TrialSpec, TrialStatus
 from .base import Executor, TrialHandle
+from .warm import WarmProcess, WarmStarter
 
 log = logging.getLogger(__name__)
 
@@ -198,19 +202,37 @@ class LocalExecutor(Executor):
 
     ``kill_grace_s``: seconds between SIGTERM and SIGKILL on timeout or cancel.
     ``metrics_pattern``: regex (group 1 name, group 2 value) for stdout metric lines.
+    ``preload``: modules a warm-start server imports once (``executors.warm``); ``python
+    script.py`` trial commands are then forked from it. ``workspace``: the experiment folder,
+    whose own modules may not be preloaded. ``preload_log``: the server's stderr.
     A ``spec.timeout_s`` of 0, negative or infinite means no time limit.
     """
 
     name = "local"
 
-    def __init__(self, kill_grace_s: float = 5.0, metrics_pattern: str = DEFAULT_METRICS_PATTERN) -> None:
+    def __init__(
+        self,
+        kill_grace_s: float = 5.0,
+        metrics_pattern: str = DEFAULT_METRICS_PATTERN,
+        *,
+        preload: Sequence[str] = (),
+        workspace: Path | None = None,
+        preload_log: Path | None = None,
+    ) -> None:
         if kill_grace_s < 0:
             raise ExecutorError(f"kill_grace_s must be >= 0 seconds, got {kill_grace_s}")
         self.kill_grace_s = kill_grace_s
         self.metrics_pattern = metrics_pattern
+        self.warm: WarmStarter | None = None
+        if preload:
+            self.warm = WarmStarter(preload, workspace=workspace, log_path=preload_log)
 
     def submit(self, spec: TrialSpec) -> LocalTrialHandle:
-        return LocalTrialHandle(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern)
+        return LocalTrialHandle(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern, warm=self.warm)
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
 
 class LocalTrialHandle(TrialHandle):
@@ -219,8 +241,11 @@ class LocalTrialHandle(TrialHandle):
     Safe to call ``cancel``/``suspend``/``resume`` from another thread than the one waiting.
     """
 
-    def __init__(self, spec: TrialSpec, *, kill_grace_s: float, metrics_pattern: str) -> None:
+    def __init__(
+        self, spec: TrialSpec, *, kill_grace_s: float, metrics_pattern: str, warm: WarmStarter | None = None
+    ) -> None:
         self.spec = spec
+        self._warm = warm
         self._grace_s = kill_grace_s
         self._pattern = metrics_pattern
         self._lock = threading.RLock()
@@ -333,35 +358,44 @@ class LocalTrialHandle(TrialHandle):
 
     # ------------------------------------------------------------------ internals
 
-    def _launch(self, phase: str, cmd: str) -> tuple[subprocess.Popen[bytes], int | None]:
+    def _launch(self, phase: str, cmd: str) -> tuple[subprocess.Popen[bytes] | WarmProcess, int | None]:
+        """Start ``cmd`` (forked warm when it can be, else through /bin/sh) and record it in trial.json."""
+        proc: subprocess.Popen[bytes] | WarmProcess | None = None
         try:
             with open(self.stdout_log, "ab") as out, open(self.stderr_log, "ab") as err:
-                proc = subprocess.Popen(
-                    cmd,
-                    shell=True,
-                    cwd=self._code_dir,
-                    env=self._env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,  # own session and process group: pgid == pid
-                )
+                warm = self._warm.command(cmd, self._env.get("PATH", "")) if self._warm is not None else None
+                if warm is not None and self._warm is not None:
+                    proc = self._warm.launch(warm, self._code_dir, self._env, out, err)
+                if proc is None:
+                    proc = subprocess.Popen(
+                        cmd,
+                        shell=True,
+                        cwd=self._code_dir,
+                        env=self._env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,  # own session and process group: pgid == pid
+                    )
         except OSError as exc:
             raise ExecutorError(
                 f"could not start {phase}_cmd {cmd!r} in {self._code_dir}: {exc}; "
                 "check that the cycle's code folder exists and is readable"
             ) from exc
-        try:
-            pidfd: int | None = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):  # kernel < 5.3 or Python without pidfd: Popen.wait fallback
-            pidfd = None
-        st = _proc_stat(proc.pid)  # a zombie still has its stat until we reap it
+        pidfd: int | None = None
+        if isinstance(proc, subprocess.Popen):  # a warm process is the server's child: it reports the exit
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except (AttributeError, OSError):  # kernel < 5.3 or Python without pidfd: Popen.wait fallback
+                pidfd = None
+        st = _proc_stat(proc.pid)  # a zombie still has its stat until it is reaped
         info = {
             "pid": proc.pid,
             "pgid": proc.pid,
             "start_time": st[2] if st else None,  # /proc/<pid>/stat field 22, clock ticks
             "token": self._token,
             "phase": phase,
+            "warm": isinstance(proc, WarmProcess),  # forked from the execution.preload server
             "run_id": self.spec.run_id,
             "cycle": self.spec.cycle,
             "started_at": time.time(),
@@ -379,7 +413,6 @@ class LocalTrialHandle(TrialHandle):
                 "the command was stopped; check free disk space and permissions"
             ) from exc
         return proc, pidfd
-
     def _active_s(self) -> float:
         now = time.monotonic()
         suspended = self._suspended_total_s
@@ -483,7 +516,10 @@ class LocalTrialHandle(TrialHandle):
         tail = read_tail(self.stderr_log)
         failure = FailureClass.CRASH
         why = ""
-        if rc in (-signal.SIGKILL, 128 + signal.SIGKILL):  # 137: how /bin/sh reports a child's SIGKILL
+        lost = getattr(self._proc, "lost", "")
+        if lost:
+            why = f" ({lost})"
+        elif rc in (-signal.SIGKILL, 128 + signal.SIGKILL):  # 137: how /bin/sh reports a child's SIGKILL
             failure = FailureClass.OOM
             why = " (SIGKILL that ralph-ml did not send: most likely the kernel's out-of-memory killer)"
         else:
@@ -548,7 +584,7 @@ def _swept_note(swept: set[int]) -> str:
     return f"; {len(swept)} process(es) that had left the trial's process group were killed too"
 
 
-def _block(proc: subprocess.Popen[bytes], pidfd: int | None, timeout_s: float | None) -> bool:
+def _block(proc: subprocess.Popen[bytes] | WarmProcess, pidfd: int | None, timeout_s: float | None) -> bool:
     """Wait up to ``timeout_s`` (None: forever) for ``proc`` to exit; True once it has."""
     if pidfd is None:
         try:
