@@ -11,13 +11,18 @@ The plateau rule is disabled so every strategy gets the same budget. --runs appe
 run (its CPU-seconds and each cycle's parameters, source and metric) to a JSON-lines file;
 --from-runs prints the tables again from such a file. "CPU-s per seed" marks with * a run
 that stopped at --max-cycles without reaching the target.
-Strategies:
+Strategies (--strategies picks some):
 
-  ralph        built-in agent (baseline, structure screen, analysis steering, TPE), K=1
+  ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, analysis
+               steering, TPE), K=1, warm starts (the template's execution.preload)
   ralph-prune  the same with the median pruner on the trials' progress reports
   ralph-k2     the same as ralph with two trials at once
-  tpe          plain Optuna TPE (agent plugin bench_agents:TPE)
-  random       plain Optuna random search (agent plugin bench_agents:Random)
+  ralph-cold   the same as ralph with a fresh interpreter per command (execution.preload = [])
+  tpe          plain Optuna TPE (agent plugin bench_agents:TPE), a fresh interpreter per
+               command, as the peers run trials
+  random       plain Optuna random search (agent plugin bench_agents:Random), likewise
+  tpe-warm     plain TPE on ralph-ml's warm executor: the search strategy alone is compared
+  random-warm  plain random search on ralph-ml's warm executor
 """
 
 from __future__ import annotations
@@ -38,12 +43,16 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
 
+COLD = {"preload": "[]"}  # replaces the template's execution.preload line
 STRATEGIES: dict[str, dict[str, str]] = {
     "ralph": {},
     "ralph-prune": {"pruning": 'pruner = "median"\nmetric = "train_loss"\ndirection = "minimize"\nn_startup_trials = 3\nn_warmup_steps = 4\ngrace_s = 2'},
     "ralph-k2": {"execution": "max_concurrency = 2\ncpus_per_trial = 1"},
-    "tpe": {"agents": 'code_model = "bench_agents:TPE"'},
-    "random": {"agents": 'code_model = "bench_agents:Random"'},
+    "ralph-cold": COLD,
+    "tpe": {"agents": 'code_model = "bench_agents:TPE"', **COLD},
+    "random": {"agents": 'code_model = "bench_agents:Random"', **COLD},
+    "tpe-warm": {"agents": 'code_model = "bench_agents:TPE"'},
+    "random-warm": {"agents": 'code_model = "bench_agents:Random"'},
 }
 
 
@@ -66,7 +75,10 @@ def run_one(template: str, strategy: str, seed: int, max_cycles: int) -> dict[st
         toml = re.sub(r"(?m)^max_cycles = \d+", f"max_cycles = {max_cycles}", toml)
         toml = re.sub(r"(?m)^no_improvement_stop_cycles = \d+", f"no_improvement_stop_cycles = {max_cycles}", toml)
         for section, body in STRATEGIES[strategy].items():
-            toml = _set(toml, section, body)
+            if section == "preload":
+                toml = re.sub(r"(?m)^preload = .*$", f"preload = {body}", toml)
+            else:
+                toml = _set(toml, section, body)
         (exp / "ralph.toml").write_text(toml)
         env = {**os.environ, "PYTHONPATH": str(BENCH) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         t0 = time.monotonic()
@@ -105,9 +117,9 @@ def _row(strategy: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _ratios(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
-    """The built-in agent's CPU-seconds to stop over each plain baseline's (median and mean)."""
+    """ralph-ml's CPU-seconds to stop over each plain baseline's (median and mean)."""
     ours = [float(r["cpu_s"]) for r in by_strategy.get("ralph", [])]
-    for plain in ("tpe", "random"):
+    for plain in ("tpe", "random", "tpe-warm", "random-warm"):
         theirs = [float(r["cpu_s"]) for r in by_strategy.get(plain, [])]
         if ours and theirs:
             print(f"\nralph / {plain}: {statistics.median(ours) / statistics.median(theirs):.2f}x (medians), "
@@ -115,19 +127,23 @@ def _ratios(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
     print()
 
 
-def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_path: Path | None = None) -> None:
+def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_path: Path | None = None,
+                 strategies: list[str] | None = None) -> None:
+    """Seed by seed, every strategy in turn (so a change of the machine's load hits them alike)."""
     for template in templates:
-        _header(template, seeds, max_cycles)
-        by_strategy: dict[str, list[dict[str, Any]]] = {}
-        for strategy in STRATEGIES:
-            rows = by_strategy.setdefault(strategy, [])
-            for s in seeds:
+        by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies or STRATEGIES}
+        for s in seeds:
+            for strategy, rows in by_strategy.items():
                 row = run_one(template, strategy, s, max_cycles)
                 rows.append(row)
+                print(f"{template} seed {s} {strategy}: {row['cpu_s']:.1f} CPU-s, {row['cycles']} cycles, "
+                      f"best {row['best']:.4f}{'' if row['reached'] else ' (target not reached)'}", flush=True)
                 if runs_path is not None:
                     with open(runs_path, "a") as fh:
                         fh.write(json.dumps({"template": template, "strategy": strategy, "seed": s,
                                              "max_cycles": max_cycles, **row}) + "\n")
+        _header(template, seeds, max_cycles)
+        for strategy, rows in by_strategy.items():
             _row(strategy, rows)
         _ratios(by_strategy)
 
@@ -178,6 +194,7 @@ def main() -> None:
     ap.add_argument("--templates", nargs="+", default=["digits", "mnist1d"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--max-cycles", type=int, default=20)
+    ap.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), help="default: all, in this order")
     ap.add_argument("--runs", type=Path, help="append every run, with its cycles, to this JSON-lines file")
     ap.add_argument("--from-runs", type=Path, help="only print the tables again from a --runs file")
     ap.add_argument("--throughput", action="store_true", help="only the K=2 vs K=1 throughput check")
@@ -188,7 +205,7 @@ def main() -> None:
     if args.from_runs:
         tables_from_runs(args.from_runs)
         return
-    search_table(args.templates, args.seeds, args.max_cycles, args.runs)
+    search_table(args.templates, args.seeds, args.max_cycles, args.runs, args.strategies)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """One contract, every executor: the same trials through local, Ray and Slurm.
 
-Backends (all real): ``local`` (subprocess group), ``ray`` (a detached actor per trial on a
+Backends (all real): ``local`` (subprocess group), ``local-warm`` (the same with
+``execution.preload``: ``python script.py`` trials forked from the warm-start server), ``ray`` (a detached actor per trial on a
 two-node Ray cluster started by the tests, shared filesystem), ``ray-ship`` (the code goes
 through Ray's object store to a private folder, files come back), ``slurm`` (submitit's
 SlurmExecutor and SlurmJob against the fake sbatch/sacct/scancel/scontrol/srun),
@@ -39,7 +40,7 @@ from ralph_ml.records import FailureClass, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="executors need /proc")
 
-ALL = ["local", "ray", "ray-ship", "slurm", "slurm-local", "slurm-real"]
+ALL = ["local", "local-warm", "ray", "ray-ship", "slurm", "slurm-local", "slurm-real"]
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Backend:
     @property
     def reattaches(self) -> bool:
         """Remote backends find a trial again after the loop's death; local re-runs it."""
-        return self.name != "local"
+        return not self.name.startswith("local")
 
 
 @pytest.fixture
@@ -61,6 +62,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     def factory() -> Executor:
         if name == "local":
             ex: Executor = LocalExecutor(kill_grace_s=1.0)
+        elif name == "local-warm":
+            ex = LocalExecutor(kill_grace_s=1.0, preload=["decimal"])
         elif name.startswith("ray"):
             ray_cluster()
             ex = get_executor(
@@ -198,6 +201,8 @@ def test_logs_and_progress_stream_while_running_and_control_json_stops_it(backen
     result = finish(handle, 30)
     assert result.status is TrialStatus.OK, result.message
     assert result.metrics["stopped_at"] >= 3
+    if backend.name == "local-warm":  # the trial really was forked from the warm-start server
+        assert json.loads((cdir / "trial.json").read_text())["warm"] is True
 
 
 @pytest.mark.parametrize("backend", ALL, indirect=True)

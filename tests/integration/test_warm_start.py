@@ -219,3 +219,26 @@ def test_the_cli_runs_a_preloaded_experiment_warm_and_validate_says_so(tmp_path:
     assert out.returncode == 2, out.stdout + out.stderr  # max cycles
     recs = recorded(root)
     assert len(recs) == 3 and all(r["result"]["metrics"]["val_accuracy"] > 0 for r in recs)  # each train_cmd ran warm
+
+
+def test_a_preloaded_torch_takes_the_trials_thread_count_and_gpu_pinning(tmp_path: Path) -> None:
+    """torch reads OMP_NUM_THREADS at import, in the server: the fork applies the trial's own;
+    CUDA is not initialized by the import, so the pool's CUDA_VISIBLE_DEVICES still decides."""
+    pytest.importorskip("torch")
+    ex = LocalExecutor(kill_grace_s=1.0, preload=["torch"])
+    try:
+        probe = "import os, sys, torch\nprint('warm:', int('torch' in sys.modules and sys.argv[0] == 'p.py'))\n" \
+            "print('threads:', torch.get_num_threads())\nprint('cuda_init:', int(torch.cuda.is_initialized()))\n" \
+            "print('pinned:', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        got = []
+        for n in (1, 2):
+            spec = make_spec(tmp_path / str(n), f"{PY} p.py", files={"p.py": probe},
+                             env={"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n), "CUDA_VISIBLE_DEVICES": str(n + 4)})
+            result = ex.submit(spec).wait(120)
+            assert result is not None and result.status is TrialStatus.OK, result and result.message
+            assert _trial_json(spec.cycle_dir)["warm"] is True
+            got.append(result.metrics)
+        assert [m["threads"] for m in got] == [1, 2] and [m["pinned"] for m in got] == [5, 6]
+        assert all(m["cuda_init"] == 0 for m in got)
+    finally:
+        ex.close()
