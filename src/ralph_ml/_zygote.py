@@ -17,7 +17,7 @@ otherwise), binds SOCKET_PATH, prints ``ready`` (or ``error: ...``) on stdout an
 
 It exits when its stdin (a pipe from the loop) closes, so it never outlives the loop. The
 children do: like cold trials, they are in sessions of their own and the loop's resume
-deals with them. Stdlib only; nothing here imports the rest of ralph-ml.
+deals with them. Stdlib only (and setproctitle when installed); nothing here imports ralph-ml.
 """
 
 from __future__ import annotations
@@ -82,6 +82,15 @@ def _exit_code(code: object) -> int:
     return 1
 
 
+def _title(text: str) -> None:
+    """What ps and top show for this process (its argv is still the server's otherwise)."""
+    try:
+        import setproctitle
+    except ImportError:  # a core dependency, but this module runs on stdlib alone too
+        return
+    setproctitle.setproctitle(text)
+
+
 def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[str]) -> None:
     """Become the trial: a fresh ``python [-m module | script] args`` as far as the code can tell."""
     import runpy
@@ -90,6 +99,7 @@ def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[st
     os.setsid()
     os.write(ready_w, b"1")
     os.close(ready_w)
+    _title(req.get("title") or " ".join(req["argv"]))
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -180,6 +190,7 @@ def main(argv: list[str]) -> int:
         print("error: " + error, flush=True)
         return 1
     base_path = [p for p in sys.path[1:]]  # sys.path[0] is this module's folder under -m: the cwd
+    _title(f"ralph-ml warm-start server ({', '.join(modules)})")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)
     server.listen(64)

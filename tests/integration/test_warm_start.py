@@ -126,6 +126,8 @@ def test_cancel_and_timeout_kill_everything_a_warm_trial_started(warm: LocalExec
     handle = warm.submit(spec)
     pids = read_pids(tmp_path / "pids", 5, 30)  # python leader, sh, sleep, env -i sleep, a setsid escaper
     assert _trial_json(spec.cycle_dir)["warm"] is True and all(alive(p) for p in pids)
+    # ps and top show the trial's own command, not the server's
+    assert Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")[0].decode().startswith("python train.py")
     if how == "cancel":
         handle.cancel()
     result = handle.wait(30)

@@ -241,7 +241,8 @@ class WarmStarter:
         if self._proc.poll() is not None:
             self._fail(f"the server exited with code {self._proc.returncode}")
             return None
-        request = {"argv": list(cmd.argv), "module": cmd.module, "cwd": str(cwd), "env": env,
+        title = shlex.join(["python", *(["-m"] if cmd.module else []), *cmd.argv])  # for ps and top
+        request = {"argv": list(cmd.argv), "module": cmd.module, "cwd": str(cwd), "env": env, "title": title,
                    "unbuffered": cmd.unbuffered, "no_bytecode": cmd.no_bytecode}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
