@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 _MAX_REQUEST_BYTES = 4 << 20  # an environment and argv; anything larger is refused
+_REQUEST_TIMEOUT_S = 10.0  # the loop sends its request right after connecting
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -118,7 +119,8 @@ def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[st
     argv: list[str] = req["argv"]
     module = req.get("module")
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    first = os.getcwd() if module else os.path.dirname(os.path.abspath(argv[0]))
+    script = os.path.abspath(argv[0])  # __main__.__file__ is absolute, as in a cold run (3.9+)
+    first = os.getcwd() if module else os.path.dirname(os.path.realpath(script))
     sys.path[:] = [first, *extra, *base_path]
     sys.argv = list(argv)
     if "numpy" in sys.modules:  # preloaded: a fresh process would draw a fresh global seed
@@ -129,7 +131,7 @@ def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[st
         if module:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(argv[0], run_name="__main__")
+            _run_script(script)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException as exc:  # noqa: BLE001 - printed as the interpreter would, then exit 1
@@ -145,6 +147,28 @@ def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[st
         sys.stderr.flush()
     finally:
         os._exit(code)
+
+
+def _run_script(script: str) -> None:
+    """Run a file as ``__main__`` the way ``python script.py`` does: ``sys.argv[0]`` as typed,
+    ``__file__`` absolute (``runpy.run_path`` would rewrite ``argv[0]`` to the path it is given)."""
+    import builtins
+    import importlib.machinery
+    import runpy
+    import types
+
+    if not os.path.isfile(script):  # a folder or zip file with a __main__.py
+        runpy.run_path(script, run_name="__main__")
+        return
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__cached__ = None  # type: ignore[attr-defined]
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
+    sys.modules["__main__"] = main
+    with open(script, "rb") as fh:
+        code = compile(fh.read(), script, "exec")
+    exec(code, main.__dict__)  # noqa: S102 - this is what running the trial's script means
 
 
 def _user_frames(tb: Any) -> Any:
@@ -226,7 +250,9 @@ def _serve(
 ) -> None:
     fds: list[int] = []
     try:
+        conn.settimeout(_REQUEST_TIMEOUT_S)  # a client that connects and says nothing cannot hang the server
         req, fds = _recv_request(conn)
+        conn.settimeout(None)
         if len(fds) != 3:
             raise ConnectionError(f"expected 3 file descriptors, got {len(fds)}")
     except (OSError, ValueError) as exc:

@@ -29,6 +29,7 @@ import json, os, sys
 print(json.dumps({
     "warm": "decimal" in sys.modules,
     "name": __name__,
+    "file": __file__,
     "argv": sys.argv,
     "cwd": os.getcwd(),
     "path0": sys.path[0],
@@ -76,6 +77,7 @@ def test_a_warm_trial_sees_what_a_fresh_interpreter_sees(warm: LocalExecutor, tm
         code = str(Path(spec.code_dir))
         assert seen["warm"] is True and _trial_json(spec.cycle_dir)["warm"] is False  # the eval (-c) ran cold
         assert seen["name"] == "__main__" and seen["argv"] == ["probe.py", "--flag", "two words"]
+        assert seen["file"] == str(Path(spec.code_dir) / "probe.py")
         assert seen["cwd"] == code and seen["path0"] == code and seen["extra_on_path"] is True
         assert seen["leads_session"] is True and seen["stdin"] == ""
         assert seen["token"] and seen["cycle"] == "1" and seen["loop_only"] == "server-side"
@@ -244,3 +246,12 @@ def test_a_preloaded_torch_takes_the_trials_thread_count_and_gpu_pinning(tmp_pat
         assert all(m["cuda_init"] == 0 for m in got)
     finally:
         ex.close()
+
+
+def test_trials_that_end_at_once_are_still_warm_and_report_their_exit(warm: LocalExecutor, tmp_path: Path) -> None:
+    """A trial may end before the loop has read its pid: both answers then arrive in one read."""
+    for i in range(25):
+        spec = make_spec(tmp_path / str(i), f"{PY} t.py", files={"t.py": f"raise SystemExit({i % 3})\n"})
+        result = warm.submit(spec).wait(30)
+        assert result is not None and result.exit_code == i % 3, result
+        assert _trial_json(spec.cycle_dir)["warm"] is True, warm.warm and warm.warm.error

@@ -94,13 +94,13 @@ def warm_command(cmd: str, path_env: str, python: str = sys.executable) -> WarmC
 class WarmProcess:
     """A forked trial command, shaped like the parts of ``subprocess.Popen`` the executor uses."""
 
-    def __init__(self, pid: int, conn: socket.socket, server_pid: int) -> None:
+    def __init__(self, pid: int, conn: socket.socket, server_pid: int, buffered: bytes = b"") -> None:
         self.pid = pid
         self.returncode: int | None = None
         self.lost = ""  # why the exit code is unknown (the server died), if it is
         self._conn = conn
         self._server_pid = server_pid
-        self._buf = b""
+        self._buf = buffered  # what was read past the pid reply
         self._lock = threading.Lock()
 
     def poll(self) -> int | None:
@@ -126,6 +126,8 @@ class WarmProcess:
                 pass
 
     def _read(self) -> None:
+        if self._parse():
+            return
         while True:
             try:
                 data = self._conn.recv(4096, socket.MSG_DONTWAIT)
@@ -137,13 +139,19 @@ class WarmProcess:
                 self._on_lost()
                 return
             self._buf += data
-            while b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                msg = json.loads(line)
-                if "exit" in msg:
-                    self.returncode = int(msg["exit"])
-                    self._conn.close()
-                    return
+            if self._parse():
+                return
+
+    def _parse(self) -> bool:
+        """Take the exit status from the buffered lines; True once it is known."""
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if "exit" in msg:
+                self.returncode = int(msg["exit"])
+                self._conn.close()
+                return True
+        return False
 
     def _on_lost(self) -> None:
         """The server died first: nobody can tell the exit code; stop what is left of the trial."""
@@ -252,20 +260,21 @@ class WarmStarter:
                 socket.send_fds(conn, [json.dumps(request).encode() + b"\n"],
                                 [devnull.fileno(), stdout.fileno(), stderr.fileno()])
             reply = b""
-            while not reply.endswith(b"\n"):
+            while b"\n" not in reply:
                 chunk = conn.recv(4096)
                 if not chunk:
                     raise ConnectionError("the server closed the connection")
                 reply += chunk
-            msg = json.loads(reply)
+            line, rest = reply.split(b"\n", 1)  # a quick trial's exit may come in the same read
+            msg = json.loads(line)
             if "pid" not in msg:
-                raise ConnectionError(msg.get("error", reply.decode(errors="replace")))
+                raise ConnectionError(msg.get("error", line.decode(errors="replace")))
         except (OSError, ValueError) as exc:
             conn.close()
             self._fail(f"a launch failed: {exc}")
             return None
         conn.settimeout(None)
-        return WarmProcess(int(msg["pid"]), conn, self._proc.pid)
+        return WarmProcess(int(msg["pid"]), conn, self._proc.pid, rest)
 
     def close(self) -> None:
         """Stop the server (its trials, in sessions of their own, are the executor's business)."""
