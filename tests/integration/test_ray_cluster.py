@@ -203,6 +203,78 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     assert json.loads(status.stdout)["cycle"] == 3
 
 
+def test_cli_digits_template_on_the_cluster_kill9_then_resume_collects_what_finished(
+    cluster, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The real digits template (PyTorch), K = 2 trials spread over both nodes: kill -9 of the
+    loop while two train, one ends meanwhile, `resume` collects it and runs the run to its end."""
+    import ray
+
+    pytest.importorskip("torch", reason="the digits template trains with PyTorch: pip install 'ralph-ml[templates]'")
+    pytest.importorskip("sklearn", reason="the digits template loads scikit-learn's digits: pip install 'ralph-ml[templates]'")
+    max_cycles = 4
+    assert ralph(tmp_path, "init", "exp", "--template", "digits").returncode == 0
+    root = tmp_path / "exp"
+    cfg = root / "ralph.toml"
+    text = cfg.read_text()
+    edits = [
+        ("max_cycles = 12", f"max_cycles = {max_cycles}"),
+        ("no_improvement_stop_cycles = 6", "no_improvement_stop_cycles = 100"),  # no plateau stop
+        ("[execution]\n", '[execution]\nmode = "ray"\nmax_concurrency = 2\n'),
+        ("low = 5\nhigh = 60\ndefault = 15", "low = 3\nhigh = 15\ndefault = 5"),  # epochs: short trials
+    ]
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    cfg.write_text(text + f"""
+[execution.ray]
+address = "{cluster.address}"
+namespace = "{RAY_NAMESPACE}"
+num_cpus = 1
+scheduling_strategy = "SPREAD"   # two 1-CPU trials on two 2-CPU nodes: one on each
+""")
+
+    def cdir(cycle: int) -> Path:
+        return root / "runs" / f"cycle_{cycle:04d}"
+
+    def two_in_flight() -> list[int] | None:
+        """The cycles placed on a node (the loop recorded which) with no result yet, once there are two."""
+        placed = [c for c in range(1, max_cycles + 1) if '"node"' in read_text(cdir(c) / "ray_actor.json")]
+        busy = [c for c in placed if not (cdir(c) / "result.json").exists()]
+        return busy if len(busy) == 2 else None
+
+    proc = ralph_bg(root, "start")
+    try:
+        running = wait_for(two_in_flight, 90, "two trials training at once")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # With no loop alive, the trials keep training on the cluster; at least one ends there.
+    wait_for(lambda: any(_ended_on_cluster(root, c) for c in running), 60, "one in-flight trial finished")
+    finished = {c for c in running if _ended_on_cluster(root, c)}
+    resumed = ralph(root, "resume", timeout=180)
+    assert resumed.returncode in (0, 2), resumed.stdout + resumed.stderr  # target met, or max_cycles
+    recovered = {e["cycle"]: e["how"] for e in run_events(root, "recovered")}
+    assert set(recovered) == set(running), recovered
+    assert all(recovered[c] == "collected" for c in finished), recovered
+    assert all(how in ("collected", "re-attached") for how in recovered.values()), recovered  # none re-run
+    cycles = [r["cycle"] for r in recorded(root)]
+    assert sorted(cycles) == list(range(1, len(cycles) + 1)), cycles  # each cycle once
+    if resumed.returncode == 2:
+        assert len(cycles) == max_cycles
+    assert all(r["result"]["status"] == "ok" for r in recorded(root))
+    for c in cycles:  # every trial trained exactly once: one first epoch in its log
+        first_epochs = [ln for ln in read_text(cdir(c) / "logs" / "stdout.log").splitlines() if ln.startswith("epoch   1/")]
+        assert len(first_epochs) == 1, (c, first_epochs)
+    assert not (root / "runs" / ".interrupted").exists()
+    nodes = {json.loads((cdir(c) / "ray_actor.json").read_text())["node"]["node_id"] for c in cycles}
+    assert nodes == {cluster.head_node, cluster.b_node}
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == RAY_NAMESPACE]
+    assert not [n for n in names if n.startswith("ralph-")], names  # every actor was collected
+
+
 def _ended_on_cluster(root: Path, cycle: int) -> bool:
     """Whether the cycle's trial ended, asked where its result is while no loop runs: the shared
     cycle folder, or (code shipped) the trial's actor on the cluster."""

@@ -211,6 +211,37 @@ def _actor_name(spec: TrialSpec) -> str:
     return f"ralph-{spec.run_id}-c{spec.cycle:04d}-{digest}"
 
 
+# Ray Client: the server the cluster forks for each connection sometimes dies as it starts
+# ("Starting Ray client server failed", or the proxy cannot reach it; ray-project/ray#63202).
+# A new connection gets a new server.
+_CLIENT_TRANSIENT = ("client server failed", "proxy failed to connect to backend")
+_CLIENT_ATTEMPTS = 3
+_CLIENT_RETRY_S = 1.0
+
+
+def _connect(address: str | None, namespace: str) -> None:
+    """``ray.init`` for the executor; a Ray Client connection whose server failed to start is tried again."""
+    attempts = _CLIENT_ATTEMPTS if (address or "").startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                # "local": a new private instance even when this machine runs a cluster already
+                address=address or "local",
+                namespace=namespace,
+                log_to_driver=False,  # trial output goes to its log files, not the loop's terminal
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as exc:
+            if attempt == attempts or not any(m in str(exc).lower() for m in _CLIENT_TRANSIENT):
+                raise
+            log.warning("Ray Client connection %d/%d to %s failed as its server started (%s); trying again",
+                        attempt, attempts, address, exc)
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(_CLIENT_RETRY_S * attempt)
+
+
 class RayExecutor(Executor):
     """Trials as detached Ray actors; see the module docstring. Keyword arguments mirror
     ``[execution.ray]`` plus the local executor's ``kill_grace_s`` and ``metrics_pattern``."""
@@ -252,13 +283,7 @@ class RayExecutor(Executor):
         self.closed = threading.Event()  # set by close(): file-moving threads stop touching Ray
         if not ray.is_initialized():
             try:
-                ray.init(
-                    # "local": a new private instance even when this machine runs a cluster already
-                    address=address or "local",
-                    namespace=namespace,
-                    log_to_driver=False,  # trial output goes to its log files, not the loop's terminal
-                    logging_level=logging.WARNING,
-                )
+                _connect(address, namespace)
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError: all mean "no cluster"
                 where = "a new local Ray instance" if address is None else f"the Ray cluster at {address!r}"
                 raise ExecutorError(
