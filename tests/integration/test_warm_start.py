@@ -211,18 +211,18 @@ def test_after_the_loop_dies_a_warm_orphan_is_stopped_and_run_again(tmp_path: Pa
     wait_for(lambda: not any(alive(p) for p in pids), 10, "the orphaned trial and its children killed")
 
 
-def test_the_cli_runs_a_preloaded_experiment_warm_and_validate_says_so(tmp_path: Path) -> None:
+def test_the_cli_runs_a_preloaded_experiment_warm_two_at_a_time_and_validate_says_so(tmp_path: Path) -> None:
     train = "import sys\nfrom ralph_ml import trial\np = trial.params({'x': 0.5})\n" \
         "print('val_accuracy:', p['x'] if 'decimal' in sys.modules else 0.0)\n"
-    root = make_experiment(tmp_path, train, target=0.99, safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
-                           execution={"preload": ["decimal"], "eval_cmd": "echo done"})
+    root = make_experiment(tmp_path, train, target=0.99, safeguards={"max_cycles": 4, "no_improvement_stop_cycles": 10},
+                           execution={"preload": ["decimal"], "eval_cmd": "echo done", "max_concurrency": 2})
     out = ralph(root, "validate")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "train_cmd runs warm" in out.stdout and "eval_cmd runs cold" in out.stdout
     out = ralph(root, "start", "--plain")
     assert out.returncode == 2, out.stdout + out.stderr  # max cycles
     recs = recorded(root)
-    assert len(recs) == 3 and all(r["result"]["metrics"]["val_accuracy"] > 0 for r in recs)  # each train_cmd ran warm
+    assert len(recs) == 4 and all(r["result"]["metrics"]["val_accuracy"] > 0 for r in recs)  # each train_cmd ran warm
 
 
 def test_a_preloaded_torch_takes_the_trials_thread_count_and_gpu_pinning(tmp_path: Path) -> None:
