@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -120,8 +121,10 @@ class WarmProcess:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"warm pid {self.pid}", timeout or 0.0)
+            poller = select.poll()  # not select(): descriptors above 1023 are common in a long run
             try:
-                select.select([self._conn], [], [], left)
+                poller.register(self._conn, select.POLLIN)
+                poller.poll(None if left is None else max(0, math.ceil(left * 1000)))
             except (OSError, ValueError):  # closed by another thread that read the exit meanwhile
                 pass
 
@@ -230,8 +233,9 @@ class WarmStarter:
             if self._ready or self.error or self._proc is None or self._proc.stdout is None:
                 return self._ready
             timeout_s = self._ready_timeout_s if timeout_s is None else timeout_s
-            readable, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
-            if not readable:
+            poller = select.poll()
+            poller.register(self._proc.stdout, select.POLLIN)
+            if not poller.poll(math.ceil(timeout_s * 1000)):
                 self._fail(f"the server had not imported {', '.join(self.modules)} after {timeout_s:g} s")
                 self.close()
                 return False
