@@ -11,35 +11,31 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import queue
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import decision as dec
-from . import versions
-from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst, run_analyst
-from .analysis import analyze, read_progress, render_markdown
+from . import recording, versions
+from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst
 from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
-from .cyclefiles import classify as classify_result
-from .cyclefiles import trial_env, write_metrics
+from .cyclefiles import trial_env
 from .errors import AgentError, GuardRejected, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
 from .guard import guard_patch
 from .hashing import hash_files
 from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .noise import NoiseCheck
 from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
 from .records import (
     CycleRecord,
@@ -131,6 +127,7 @@ class Loop:
             local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, ex.cpus_per_trial, ex.max_concurrency
         )
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
+        self._noise = NoiseCheck(cfg, self.executor, self.control, self.bus, self._phase, poll_s=POLL_S)
 
     @property
     def _best(self) -> CycleRecord | None:
@@ -277,22 +274,8 @@ class Loop:
             )
 
     def _write_run_env(self) -> None:
-        if not self.cfg.execution.env_capture:
-            return
-        from importlib import metadata
-
-        pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
-        write_json_atomic(
-            self.state_dir / "env.json",
-            {
-                "python": sys.version,
-                "executable": sys.executable,
-                "platform": platform.platform(),
-                "hostname": socket.gethostname(),
-                "cpu_count": os.cpu_count(),
-                "packages": pkgs,
-            },
-        )
+        if self.cfg.execution.env_capture:
+            recording.write_run_env(self.state_dir / "env.json")
 
     # ------------------------------------------------------------------ helpers
     def emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -324,42 +307,21 @@ class Loop:
         self.emit("phase", {"cycle": self.cycle, "phase": phase})
 
     def write_state(self, status: str | None = None) -> None:
-        best = self._best
-        sg = self.cfg.safeguards
-        usage = self.usage()
         stop = self.last_decision if (self.last_decision and self.last_decision.stop) else None
-        state = {
-            "run_id": self.run_id,
-            "status": status or ("paused" if self._paused else ("stopped" if stop else "running")),
-            "phase": self.phase,
-            "cycle": self.cycle,
-            "cycles_recorded": len(self.history),
-            "pid": os.getpid(),
-            "updated_at": time.time(),
-            "config_path": str(self.cfg.source),
-            "target": {"name": self.cfg.target.name, "value": self.cfg.target.value, "direction": self.cfg.target.dir.value},
-            "best": None
-            if best is None
-            else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
-            "verdicts": dict(self.totals.verdicts),
-            "elapsed_s": round(usage.elapsed_s, 3),
-            "safeguards": self._safeguards_dump,
-            "budgets": {
-                "cycles_used": len(self.history),
-                "cycles_left": max(0, sg.max_cycles - len(self.history)),
-                "time_left_s": None
-                if sg.total_time_limit_minutes is None
-                else max(0.0, round(sg.total_time_limit_minutes * 60 - usage.elapsed_s, 1)),
-                "tokens_used": usage.tokens,
-                "tokens_left": None if sg.token_budget_total is None else max(0, sg.token_budget_total - usage.tokens),
-                "cost_used_usd": usage.cost_usd,
-                "cost_left_usd": None if sg.cost_budget_usd is None else max(0.0, sg.cost_budget_usd - usage.cost_usd),
-                "no_improvement_streak": self.totals.streak,
-            },
-            "stop": None if stop is None else {**stop.to_dict(), "exit_code": stop.exit_code},
-            "git": None if self.git is None else {"branch": self.git.branch, "best_tag": self.git.best_tag},
-            "sink_failures": self.bus.all_failures(),  # tracking sinks switched off (fail soft), and why
-        }
+        state = recording.run_state(
+            self.cfg,
+            run_id=self.run_id,
+            status=status or ("paused" if self._paused else ("stopped" if stop else "running")),
+            phase=self.phase,
+            cycle=self.cycle,
+            cycles_recorded=len(self.history),
+            totals=self.totals,
+            usage=self.usage(),
+            stop=stop,
+            git=self.git,
+            safeguards=self._safeguards_dump,
+            sink_failures=self.bus.all_failures(),  # tracking sinks switched off (fail soft), and why
+        )
         write_json_atomic(self.state_path, state, indent=None)  # read by machines and `ralph-ml status`
 
     # ------------------------------------------------------------------ the run
@@ -594,7 +556,7 @@ class Loop:
             )
             return flight
         if self.git is not None:
-            flight.commit = self.git.commit_cycle(cycle, code, _commit_message(cycle, proposal, params))
+            flight.commit = self.git.commit_cycle(cycle, code, recording.commit_message(cycle, proposal, params))
             write_json_atomic(cdir / "version.json", {"parent": parent, "commit": flight.commit, "branch": self.git.branch})
         timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
         if cfg.safeguards.total_time_limit_minutes is not None:
@@ -694,7 +656,7 @@ class Loop:
         f.handle = None
         if self.pruner is not None and f.prune is not None:
             if f.prune_verdict is not None:
-                f.result = _replace(
+                f.result = replace(
                     f.result,
                     status=TrialStatus.PRUNED,
                     failure=FailureClass.NONE,
@@ -708,7 +670,7 @@ class Loop:
         assert f.result is not None
         self.cycle = f.cycle
         try:
-            d = self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit, pruner_saw=f.pruner_saw, parent=f.parent)
+            d = self._record(f)
         finally:
             self.pool.release(f.cycle)
         if self.git is not None:
@@ -723,8 +685,7 @@ class Loop:
         while flights:
             for f in self._wait_any(flights):
                 del flights[f.cycle]
-                self._record(f.cycle, f.cdir, f.proposal, f.result, f.code_hashes, f.commit,  # type: ignore[arg-type]
-                             pruner_saw=f.pruner_saw, final=True, parent=f.parent)
+                self._record(f, final=True)
                 self.pool.release(f.cycle)
                 if self.git is not None:
                     self.git.release(f.cdir / "code")
@@ -746,149 +707,34 @@ class Loop:
         )
 
     # ------------------------------------------------------------------ record
-    def _record(
-        self,
-        cycle: int,
-        cdir: Path,
-        proposal: Proposal,
-        result: TrialResult,
-        code_hashes: dict[str, str],
-        commit: str | None,
-        *,
-        pruner_saw: bool = False,
-        final: bool = False,
-        parent: int | None = None,
-    ) -> Decision:
+    def _record(self, f: Flight, *, final: bool = False) -> Decision:
         """Analyze, decide and journal one finished cycle. ``final``: the run is already stopping."""
-        cfg = self.cfg
+        assert f.result is not None
         self._phase("analyze")
-        result, metric = classify_result(result, self.cfg.target.name)
-        if result.status is TrialStatus.CANCELLED and self.control.action() == "stop":
-            # Manual stop mid-trial: the cycle is recorded as cancelled, the run stops cleanly.
-            pass
-        kept, verdict = dec.judge(metric, result.status, self._best, cfg, noise=self.totals.noise)
-        if metric is not None and (cfg.noise.baseline_repeats or cfg.noise.confirm_repeats):
-            result, metric, kept, verdict = self._noise_check(cycle, cdir, result, metric, kept, verdict)
-        write_metrics(cdir, cycle, self.run_id, self.cfg.target, result)
-        progress = read_progress(cdir / "progress.jsonl")
-        analysis = analyze(result, metric, kept, self.history, progress, cfg, totals=self.totals)
-        if self.analyst is not None:  # the agent's analysis replaces the built-in one when valid
-            analysis = run_analyst(
-                self.analyst, cfg, cycle=cycle, cycle_dir=cdir, proposal=proposal, result=result, metric=metric,
-                kept=kept, verdict=verdict, builtin=analysis, history=self.history, progress=progress,
-                tokens_used=self.totals.tokens + proposal.tokens_used, cost_used_usd=self.totals.cost_usd + proposal.cost_usd,
-            )
-        write_text_atomic(cdir / "analysis.md", render_markdown(cycle, analysis, result, metric, verdict))
-        write_json_atomic(cdir / "recommendations.json", [r.to_dict() for r in analysis.recommendations])
-        record = CycleRecord(
-            cycle=cycle,
-            proposal=proposal,
-            result=result,
-            metric=metric,
-            kept=kept,
-            verdict=verdict,
-            analysis=analysis,
-            commit=commit,
-            frozen_hashes=code_hashes,
-            parent=parent,
+        record = recording.assess(
+            self.cfg, run_id=self.run_id, cycle=f.cycle, cdir=f.cdir, proposal=f.proposal, result=f.result,
+            code_hashes=f.code_hashes, commit=f.commit, parent=f.parent, history=self.history, totals=self.totals,
+            analyst=self.analyst, noise=self._noise,
         )
         self._phase("decide")
         d = self._decide(record)
         if final and not d.stop:
             d = Decision(action="stop", reason=self.last_decision.reason if self.last_decision else None,
                          message="cancelled: the run stopped while this trial was in flight")
-        write_json_atomic(cdir / "decision.json", {**d.to_dict(), "cycle": cycle, "verdict": verdict, "kept": kept, "exit_code": d.exit_code if d.stop else None})
+        recording.write_decision(f.cdir, record, d)
         assert self.journal is not None
-        self.journal.append(
-            {
-                "type": "cycle_recorded",
-                "ts": time.time(),
-                "cycle": cycle,
-                "record": record.to_dict(),
-                "decision": d.to_dict(),
-                "elapsed_s": round(self.elapsed_s, 3),
-            }
-        )
+        self.journal.append(recording.journal_entry(record, d, self.elapsed_s))
         self._apply(record)
-        if self.pruner is not None and not pruner_saw:
+        if self.pruner is not None and not f.pruner_saw:
             self.pruner.observe(record)  # a cycle collected on resume: add its curve
         self.last_decision = d
         assert self.agent is not None
         self.agent.observe(record)
-        if kept and commit and self.git is not None:
-            self.git.mark_best(commit)
+        if record.kept and f.commit and self.git is not None:
+            self.git.mark_best(f.commit)
         self.write_state()
-        self.emit(
-            "cycle_recorded",
-            {
-                "cycle": cycle,
-                "status": result.status.value,
-                "failure": result.failure.value,
-                "metric": metric,
-                "verdict": verdict,
-                "kept": kept,
-                "diagnosis": analysis.diagnosis,
-                "recommendations": [r.to_dict() for r in analysis.recommendations[:2]],
-                "message": result.message,
-                "decision": d.to_dict(),
-                "record": record.to_dict(),
-                "cycle_dir": str(cdir),
-            },
-        )
+        self.emit("cycle_recorded", recording.recorded_event(record, d, f.cdir))
         return d
-
-    def _noise_check(
-        self, cycle: int, cdir: Path, result: TrialResult, metric: float, kept: bool, verdict: str
-    ) -> tuple[TrialResult, float, bool, str]:
-        """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds."""
-        nc = self.cfg.noise
-        first_ok = self.totals.best_seen is None
-        n = nc.baseline_repeats if first_ok else (nc.confirm_repeats if kept else 0)
-        if n == 0:
-            return result, metric, kept, verdict
-        self._phase("confirm")
-        values = self._repeats(cycle, cdir, n)
-        if not values:
-            return result, metric, kept, verdict
-        result = _replace(result, repeats=(metric, *values))
-        mean = sum(result.repeats) / len(result.repeats)
-        trial_rec = CycleRecord(cycle=cycle, proposal=Proposal(), result=result, metric=mean, kept=False, verdict="")
-        noise = self.totals.plus(trial_rec, self.cfg).noise
-        kept2, verdict2 = dec.judge(mean, result.status, self._best, self.cfg, noise=noise, n=1 + len(values))
-        if kept and not kept2 and not first_ok:
-            verdict2 = "noise"  # the gain disappeared on re-run with other seeds
-        self.emit("noise", {"cycle": cycle, "first": metric, "repeats": values, "mean": mean, "noise_std": noise, "verdict": verdict2})
-        return result, mean, kept2, verdict2
-
-    def _repeats(self, cycle: int, cdir: Path, n: int) -> list[float]:
-        """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics."""
-        params = json.loads((cdir / "params.json").read_text())
-        out: list[float] = []
-        for k in range(1, n + 1):
-            seed = self.cfg.project.seed + k
-            rdir = cdir / "repeats" / f"seed_{seed}"
-            if rdir.exists():
-                shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
-            (rdir / "logs").mkdir(parents=True)
-            (rdir / "checkpoints").mkdir()
-            env = {**trial_env(self.cfg, self.run_id, cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
-            spec = TrialSpec(
-                run_id=self.run_id, cycle=cycle, cycle_dir=str(rdir), code_dir=str(cdir / "code"),
-                train_cmd=self.cfg.execution.train_cmd, eval_cmd=self.cfg.execution.eval_cmd, params=params,
-                seed=seed, timeout_s=self.cfg.safeguards.time_limit_per_cycle_minutes * 60, env=env,
-                frozen_hashes=hash_files(cdir / "code", self.cfg.files.frozen),
-            )
-            handle = self.executor.submit(spec)
-            res = handle.wait(POLL_S)
-            while res is None:
-                if self.control.action() == "stop":
-                    handle.cancel()
-                res = handle.wait(POLL_S)
-            res, value = classify_result(res, self.cfg.target.name)
-            if value is None:
-                break  # a failed repeat: judge on what we have
-            out.append(value)
-        return out
 
     def _tail(self, record: CycleRecord | None = None) -> list[CycleRecord]:
         """The last records the stop rules look at (the rest of the history is in ``self.totals``)."""
@@ -934,14 +780,3 @@ class Loop:
         paths = write_report(self.cfg)
         self.emit("run_stopped", {"decision": d.to_dict(), "exit_code": d.exit_code, "report": str(paths[0])})
         return d
-
-
-def _replace(result: TrialResult, **kw: Any) -> TrialResult:
-    from dataclasses import replace
-
-    return replace(result, **kw)
-
-
-def _commit_message(cycle: int, proposal: Proposal, params: dict[str, Any]) -> str:
-    ps = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    return f"ralph-ml cycle {cycle}: {proposal.rationale}\n\nparams: {ps}\nagent: {proposal.agent}\n"

@@ -1,0 +1,126 @@
+"""Noise-aware keeps: re-run a cycle's code with other seeds before trusting its metric.
+
+The first successful cycle is repeated ``noise.baseline_repeats`` times, to measure the
+run-to-run noise; a candidate new best is repeated ``noise.confirm_repeats`` times, to
+confirm it. The cycle's metric becomes the mean over seeds, judged again against the best
+(``decision.judge``); a gain that disappears on re-run gets the verdict ``noise``. Repeats run
+in ``runs/cycle_NNNN/repeats/seed_S/`` with ``RALPH_SEED = project.seed + k``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from . import decision as dec
+from .config import Config
+from .control import ControlReader
+from .cyclefiles import classify, trial_env
+from .events import EventBus
+from .executors import Executor
+from .hashing import hash_files
+from .records import CycleRecord, Proposal, TrialResult, TrialSpec
+
+
+class NoiseCheck:
+    """Runs the repeats of one cycle and re-judges it on the mean.
+
+    ``on_phase(name)`` is called when the repeats start (phase ``confirm``); the result of
+    each check is announced on ``bus`` as a ``noise`` event. A ``stop`` in ``control``
+    cancels the repeat in flight.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        executor: Executor,
+        control: ControlReader,
+        bus: EventBus,
+        on_phase: Callable[[str], None],
+        *,
+        poll_s: float,  # how often a running repeat looks at the control file
+    ) -> None:
+        self.cfg = cfg
+        self.executor = executor
+        self.control = control
+        self.bus = bus
+        self.on_phase = on_phase
+        self.poll_s = poll_s
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.noise.baseline_repeats or self.cfg.noise.confirm_repeats)
+
+    def check(
+        self,
+        *,
+        run_id: str,
+        cycle: int,
+        cdir: Path,
+        result: TrialResult,
+        metric: float,
+        kept: bool,
+        verdict: str,
+        totals: dec.Totals,
+    ) -> tuple[TrialResult, float, bool, str]:
+        """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds.
+
+        Returns the cycle's ``(result, metric, kept, verdict)``: unchanged when nothing was
+        repeated, else with ``result.repeats`` set and the metric the mean over seeds.
+        """
+        nc = self.cfg.noise
+        first_ok = totals.best_seen is None
+        n = nc.baseline_repeats if first_ok else (nc.confirm_repeats if kept else 0)
+        if n == 0:
+            return result, metric, kept, verdict
+        self.on_phase("confirm")
+        values = self.repeats(run_id=run_id, cycle=cycle, cdir=cdir, n=n)
+        if not values:
+            return result, metric, kept, verdict
+        result = replace(result, repeats=(metric, *values))
+        mean = sum(result.repeats) / len(result.repeats)
+        trial_rec = CycleRecord(cycle=cycle, proposal=Proposal(), result=result, metric=mean, kept=False, verdict="")
+        noise = totals.plus(trial_rec, self.cfg).noise
+        kept2, verdict2 = dec.judge(mean, result.status, totals.best, self.cfg, noise=noise, n=1 + len(values))
+        if kept and not kept2 and not first_ok:
+            verdict2 = "noise"  # the gain disappeared on re-run with other seeds
+        self.bus.emit(
+            "noise",
+            {"cycle": cycle, "first": metric, "repeats": values, "mean": mean, "noise_std": noise, "verdict": verdict2},
+            cycle=cycle,
+        )
+        return result, mean, kept2, verdict2
+
+    def repeats(self, *, run_id: str, cycle: int, cdir: Path, n: int) -> list[float]:
+        """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics."""
+        cfg = self.cfg
+        params = json.loads((cdir / "params.json").read_text())
+        out: list[float] = []
+        for k in range(1, n + 1):
+            seed = cfg.project.seed + k
+            rdir = cdir / "repeats" / f"seed_{seed}"
+            if rdir.exists():
+                shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
+            (rdir / "logs").mkdir(parents=True)
+            (rdir / "checkpoints").mkdir()
+            env = {**trial_env(cfg, run_id, cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
+            spec = TrialSpec(
+                run_id=run_id, cycle=cycle, cycle_dir=str(rdir), code_dir=str(cdir / "code"),
+                train_cmd=cfg.execution.train_cmd, eval_cmd=cfg.execution.eval_cmd, params=params,
+                seed=seed, timeout_s=cfg.safeguards.time_limit_per_cycle_minutes * 60, env=env,
+                frozen_hashes=hash_files(cdir / "code", cfg.files.frozen),
+            )
+            handle = self.executor.submit(spec)
+            res = handle.wait(self.poll_s)
+            while res is None:
+                if self.control.action() == "stop":
+                    handle.cancel()
+                res = handle.wait(self.poll_s)
+            res, value = classify(res, cfg.target.name)
+            if value is None:
+                break  # a failed repeat: judge on what we have
+            out.append(value)
+        return out
