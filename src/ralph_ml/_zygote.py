@@ -157,6 +157,9 @@ def _run_script(script: str) -> None:
     import runpy
     import types
 
+    if not os.path.exists(script):  # the interpreter's own words and exit code
+        print(f"{sys.executable}: can't open file {script!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        raise SystemExit(2)
     if not os.path.isfile(script):  # a folder or zip file with a __main__.py
         runpy.run_path(script, run_name="__main__")
         return

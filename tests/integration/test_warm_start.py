@@ -96,6 +96,10 @@ def test_exit_codes_and_tracebacks_are_those_of_the_script(warm: LocalExecutor, 
     exits = make_spec(tmp_path / "b", f"{PY} train.py", files={"train.py": "import sys\nsys.exit(3)\n"})
     result = warm.submit(exits).wait(60)
     assert result is not None and result.exit_code == 3 and "exited with code 3" in result.message
+    missing = make_spec(tmp_path / "c", f"{PY} nope.py")
+    result = warm.submit(missing).wait(60)
+    assert result is not None and result.exit_code == 2 and "can't open file" in result.stderr_tail  # as a cold run
+    assert _trial_json(missing.cycle_dir)["warm"] is True
 
 
 def test_a_numpy_seed_is_fresh_in_every_warm_trial(tmp_path: Path) -> None:
