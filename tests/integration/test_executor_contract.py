@@ -236,13 +236,19 @@ def test_timeout_kills_the_whole_process_group(backend: Backend, tmp_path: Path)
     wait_for(lambda: not any(alive(p) for p in pids), 10, "every process of the trial gone")
 
 
-@pytest.mark.parametrize("backend", ["local", "ray", "ray-ship", "slurm", "slurm-real"], indirect=True)
+PAUSED_WORK = """\
+import os, time
+open(os.environ["PIDS"], "a").write(str(os.getpid()) + chr(10))
+[time.sleep(0.1) for _ in range(25)]
+print("val_accuracy: 0.7")
+"""
+
+
+@pytest.mark.parametrize("backend", ["local", "local-warm", "ray", "ray-ship", "slurm", "slurm-real"], indirect=True)
 def test_suspended_time_does_not_count_toward_the_timeout(backend: Backend, tmp_path: Path) -> None:
     # 2.5 s of work under a 4 s limit, with a 3 s pause in the middle: must end OK, not TIMEOUT.
     # Steps of 0.1 s: a stopped sleep() would otherwise catch up on the pause in one go.
-    train = f"{PY} -c \"import os, time; open(os.environ['PIDS'], 'a').write(str(os.getpid()) + chr(10)); " \
-        "[time.sleep(0.1) for _ in range(25)]; print('val_accuracy: 0.7')\""
-    spec = make_spec(tmp_path, f"exec {train}", timeout_s=4.0)
+    spec = make_spec(tmp_path, f"{PY} train.py", files={"train.py": PAUSED_WORK}, timeout_s=4.0)
     handle = backend.make().submit(spec)
     (pid,) = read_pids(tmp_path / "pids", 1, 60)
     handle.suspend()
@@ -255,6 +261,8 @@ def test_suspended_time_does_not_count_toward_the_timeout(backend: Backend, tmp_
     assert result.status is TrialStatus.OK, result.message
     assert result.metrics["val_accuracy"] == 0.7 and result.train_seconds < 4.0
     assert result.duration_s > 5.0  # wall time includes the pause
+    if backend.name == "local-warm":
+        assert json.loads((Path(spec.cycle_dir) / "trial.json").read_text())["warm"] is True
 
 
 # --------------------------------------------------------------------------- resources

@@ -11,14 +11,13 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import make_experiment, ralph, recorded
-from executors.support import HANG_SH, PY, alive, make_spec, proc_state, read_pids, wait_for
+from executors.support import HANG_SH, PY, alive, make_spec, read_pids, wait_for
 from ralph_ml.executors import LocalExecutor
 from ralph_ml.records import FailureClass, TrialStatus
 
@@ -141,22 +140,6 @@ def test_cancel_and_timeout_kill_everything_a_warm_trial_started(warm: LocalExec
     assert result.status is (TrialStatus.CANCELLED if how == "cancel" else TrialStatus.TIMEOUT), result.message
     assert "left the trial's process group were killed too" in result.message  # the escaper, by its token
     wait_for(lambda: not any(alive(p) for p in pids), 10, "every process of the trial gone")
-
-
-def test_pause_stops_a_warm_trial_and_its_time_limit(warm: LocalExecutor, tmp_path: Path) -> None:
-    work = "import os, time\nopen(os.environ['PIDS'], 'a').write(str(os.getpid()) + chr(10))\n" \
-        "[time.sleep(0.1) for _ in range(25)]\nprint('val_accuracy: 0.7')\n"
-    spec = make_spec(tmp_path, f"{PY} train.py", files={"train.py": work}, timeout_s=4.0)
-    handle = warm.submit(spec)
-    (pid,) = read_pids(tmp_path / "pids", 1, 30)
-    handle.suspend()
-    wait_for(lambda: proc_state(pid) == "T", 10, "the trial stopped (SIGSTOP)")
-    time.sleep(3.0)
-    assert proc_state(pid) == "T" and handle.poll() is None
-    handle.resume()
-    result = handle.wait(30)
-    assert result is not None and result.status is TrialStatus.OK, result.message
-    assert result.train_seconds < 4.0 and result.duration_s > 5.0
 
 
 def test_a_preload_that_fails_leaves_trials_cold_and_says_why(tmp_path: Path) -> None:
