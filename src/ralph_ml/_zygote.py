@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
     if error:
         print("error: " + error, flush=True)
         return 1
-    base_path = [p for p in sys.path[1:]]  # sys.path[0] is this module's folder under -m: the cwd
+    base_path = sys.path[1:]  # sys.path[0] is this module's folder under -m: the cwd
     _title(f"ralph-ml warm-start server ({', '.join(modules)})")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)

@@ -363,8 +363,7 @@ class LocalTrialHandle(TrialHandle):
         proc: subprocess.Popen[bytes] | WarmProcess | None = None
         try:
             with open(self.stdout_log, "ab") as out, open(self.stderr_log, "ab") as err:
-                warm = self._warm.command(cmd, self._env.get("PATH", "")) if self._warm is not None else None
-                if warm is not None and self._warm is not None:
+                if self._warm is not None and (warm := self._warm.command(cmd, self._env.get("PATH", ""))):
                     proc = self._warm.launch(warm, self._code_dir, self._env, out, err)
                 if proc is None:
                     proc = subprocess.Popen(
@@ -413,6 +412,7 @@ class LocalTrialHandle(TrialHandle):
                 "the command was stopped; check free disk space and permissions"
             ) from exc
         return proc, pidfd
+
     def _active_s(self) -> float:
         now = time.monotonic()
         suspended = self._suspended_total_s
@@ -516,9 +516,8 @@ class LocalTrialHandle(TrialHandle):
         tail = read_tail(self.stderr_log)
         failure = FailureClass.CRASH
         why = ""
-        lost = getattr(self._proc, "lost", "")
-        if lost:
-            why = f" ({lost})"
+        if isinstance(self._proc, WarmProcess) and self._proc.lost:  # its server died: no exit code
+            why = f" ({self._proc.lost})"
         elif rc in (-signal.SIGKILL, 128 + signal.SIGKILL):  # 137: how /bin/sh reports a child's SIGKILL
             failure = FailureClass.OOM
             why = " (SIGKILL that ralph-ml did not send: most likely the kernel's out-of-memory killer)"
