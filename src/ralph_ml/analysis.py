@@ -138,6 +138,14 @@ def analyze(
     if len(val_loss) >= 4 and len(train_loss) >= 4 and val_loss[-1] > min(val_loss) * 1.1 and train_loss[-1] < train_loss[len(train_loss) // 2]:
         overfit = True
         notes.append("validation loss rose while training loss kept falling: over-fitting.")
+    fits_train = _train_counterpart(result.metrics, target.name)
+    saturated = fits_train is not None and fits_train >= 0.995  # the training set is already fit
+    short = metric is not None and (metric < target.value if target.dir.value == "maximize" else metric > target.value)
+    if not overfit and saturated and short:
+        # Fitting the training set better cannot help any more: only generalization can.
+        overfit = True
+        notes.append(f"the training set is fit (train {target.name.removeprefix('val_')} {fits_train:.3f}) while "
+                     f"{target.name} is short of the target: only better generalization can close the gap.")
     if overfit:
         diag = "overfitting"
         recs.add("high", "regularize more: over-fitting", _first(space, "dropout"), "increase")
@@ -145,13 +153,11 @@ def analyze(
         recs.add("medium", "train for fewer epochs: over-fitting", _first(space, "epochs"), "decrease")
     elif len(train_loss) >= 4:
         tail = train_loss[-max(2, len(train_loss) // 4):]
-        fits_train = _train_counterpart(result.metrics, target.name)
-        saturated = fits_train is not None and fits_train >= 0.995  # the training set is already fit
         if not saturated and all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
             diag = "underfitting" if not kept or before.cycles else diag
             notes.append("training loss was still falling at the last step: the model is under-trained.")
             recs.add("high", "train longer: loss still falling at the end", _first(space, "epochs", "steps", "max_steps"), "increase")
-            recs.add("medium", "raise the learning rate: slow convergence", lr, "increase")
+            recs.add("high", "raise the learning rate: slow convergence", lr, "increase")
         elif len(train_loss) >= 2 and train_loss[-1] > train_loss[0] * 0.9:
             notes.append("training loss barely moved: the learning rate may be too low or too high.")
             recs.add("medium", "tune the learning rate: training loss barely moved", lr, "increase")

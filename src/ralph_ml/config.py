@@ -231,7 +231,7 @@ class Agents(_Model):
     # Extra keys of seed 001 (opencode_model) are accepted as aliases of code_model.
     opencode_model: Optional[str] = None
     n_startup_trials: int = Field(default=5, ge=0)  # random trials before TPE models the space
-    steer: bool = True  # follow high-confidence analysis recommendations one step
+    steer: bool = True  # follow the best cycle's high-confidence analysis recommendations (a random step)
     screen: bool = True  # far from the target, run each untried non-numeric categorical choice once
     llm: LLMAgent = Field(default_factory=LLMAgent)
     cli: CLIAgents = Field(default_factory=CLIAgents)

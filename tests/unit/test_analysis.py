@@ -51,3 +51,25 @@ def test_no_underfitting_when_the_training_set_is_already_fit() -> None:
     a = analyze(r, 0.98, True, [], rows, cfg())
     assert a.diagnosis != "underfitting"
     assert "increase:epochs" not in [x.action for x in a.recommendations]
+
+
+def test_a_fit_training_set_short_of_the_target_calls_for_regularization_whatever_the_gap() -> None:
+    # train 0.999 vs val 0.975: a gap under the 0.03 over-fitting threshold, but the training
+    # set is fit, so only better generalization can reach 0.99.
+    rows = [{"step": i, "train_loss": 0.5 / (i + 1)} for i in range(8)]
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.975, "train_accuracy": 0.999})
+    a = analyze(r, 0.975, True, [], rows, cfg())
+    assert a.diagnosis == "overfitting" and "the training set is fit" in a.summary
+    top = [x.action for x in a.recommendations if x.confidence == "high"]
+    assert "increase:dropout" in top and "increase:weight_decay" in top
+    # the target met: nothing to close, no such advice
+    met = analyze(TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.995, "train_accuracy": 0.999}),
+                  0.995, True, [], rows, cfg())
+    assert met.diagnosis != "overfitting"
+
+
+def test_under_training_advice_raises_epochs_and_learning_rate_with_high_confidence() -> None:
+    rows = [{"step": i, "train_loss": 2.0 / (i + 1)} for i in range(8)]
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.8, "train_accuracy": 0.82})
+    top = [x.action for x in analyze(r, 0.8, True, [], rows, cfg()).recommendations if x.confidence == "high"]
+    assert top[:2] == ["increase:epochs", "increase:lr"]

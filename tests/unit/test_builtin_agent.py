@@ -6,7 +6,9 @@ from typing import Any, Callable
 import pytest
 
 from ralph_ml.agents import AgentContext, BuiltinAgent
-from ralph_ml.agents.builtin import nominal, step_param
+import random
+
+from ralph_ml.agents.builtin import nominal, screen_order, toward
 from ralph_ml.errors import AgentError
 from ralph_ml.config import Config, Param
 from ralph_ml.decision import best_of, judge
@@ -32,7 +34,8 @@ def score(p: dict) -> float:
 
 
 def drive(agent: BuiltinAgent, c: Config, history: list[CycleRecord], n: int,
-          scorer: Callable[[dict[str, Any]], float] | None = None) -> list[CycleRecord]:
+          scorer: Callable[[dict[str, Any]], float] | None = None,
+          analyst: Callable[[dict[str, Any]], Analysis] | None = None) -> list[CycleRecord]:
     for _ in range(n):
         ctx = AgentContext(cycle=len(history) + 1, history=tuple(history), best=best_of(history),
                            last_analysis=history[-1].analysis if history else None, search_space=c.search_space,
@@ -41,7 +44,7 @@ def drive(agent: BuiltinAgent, c: Config, history: list[CycleRecord], n: int,
         m = (scorer or score)(prop.params)
         kept, verdict = judge(m, TrialStatus.OK, best_of(history), c)
         rec = CycleRecord(cycle=ctx.cycle, proposal=prop, result=TrialResult(status=TrialStatus.OK, metrics={"acc": m}),
-                          metric=m, kept=kept, verdict=verdict)
+                          metric=m, kept=kept, verdict=verdict, analysis=analyst(prop.params) if analyst else None)
         history.append(rec)
         agent.observe(rec)
     return history
@@ -97,57 +100,109 @@ def context(c: Config, history: list[CycleRecord], pending: tuple[Proposal, ...]
 BASE = {"lr": 1e-3, "width": 32, "dropout": 0.0, "opt": "sgd"}
 
 
-def test_follows_a_high_confidence_recommendation_one_step_once_near_the_target() -> None:
-    # Near: the gap to the target (0.85 - 0.80) is within what the numeric parameters have
-    # already moved the metric by among the `opt = sgd` cycles (0.80 - 0.60).
-    c = cfg(steer=True, target=0.85, n_startup_trials=0)
-    h = [record(1, BASE, 0.6, True), record(2, {**BASE, "opt": "adam"}, 0.5, False),
-         record(3, {**BASE, "lr": 1e-2}, 0.8, True)]
-    h[-1] = CycleRecord(**{**h[-1].__dict__, "analysis": overfitting()})
+def advice(*recs: tuple[str, str, str]) -> Analysis:
+    """An analysis recommending (confidence, direction, param) moves."""
+    return Analysis(diagnosis="underfitting", summary="", recommendations=tuple(
+        Recommendation(action=f"{d}:{p}", rationale="", confidence=conf, param=p, direction=d) for conf, d, p in recs))
+
+
+UNDERFIT = advice(("high", "increase", "dropout"), ("high", "increase", "lr"), ("medium", "increase", "width"))
+
+
+def with_analysis(rec: CycleRecord, analysis: Analysis) -> CycleRecord:
+    return CycleRecord(**{**rec.__dict__, "analysis": analysis})
+
+
+# `opt` is nominal: screen=False leaves the structure screen out of these.
+def test_right_after_the_baseline_follows_its_diagnosis_moving_the_named_parameters_together() -> None:
+    c = cfg(steer=True, screen=False)
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]
     agent = BuiltinAgent(c)
-    for r in h:
-        agent.observe(r)
+    agent.observe(h[0])
     prop = agent.propose(context(c, h))
-    assert prop.meta.get("steered") and prop.params == {**BASE, "lr": 1e-2, "dropout": 0.125}
-    # never two steered proposals in a row
-    h.append(CycleRecord(cycle=4, proposal=prop, result=TrialResult(status=TrialStatus.OK, metrics={"acc": 0.7}),
-                         metric=0.7, kept=False, verdict="discarded", analysis=h[-1].analysis))
+    assert prop.meta["source"] == "analysis" and prop.meta["from_cycle"] == 1
+    assert "following the analysis of the best cycle 1" in prop.rationale
+    # the high-confidence advice is taken, each on its side of the best's value; the rest
+    # (medium advice included) kept
+    assert 0.0 < prop.params["dropout"] <= 0.5 and 1e-3 < prop.params["lr"] <= 1e-1
+    assert {k: prop.params[k] for k in ("width", "opt")} == {"width": 32, "opt": "sgd"}
+    # deterministic: a fresh agent given the same history proposes the same
+    again = BuiltinAgent(c)
+    again.observe(h[0])
+    assert again.propose(context(c, h)).params == prop.params
+
+
+def test_directed_proposals_are_bounded_per_best_and_a_new_best_brings_its_own() -> None:
+    c = cfg(steer=True, screen=False)
+    agent = BuiltinAgent(c)
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]
+    agent.observe(h[0])
+    sources = []
+    for cycle in (2, 3, 4):  # two tries from cycle 1 that do not beat it, then TPE
+        prop = agent.propose(context(c, h))
+        sources.append(prop.meta["source"])
+        h.append(with_analysis(record(cycle, prop.params, 0.5, False, meta=prop.meta), UNDERFIT))
+        agent.observe(h[-1])
+    assert sources == ["analysis", "analysis", "tpe"]
+    # a new best with a high-confidence diagnosis of its own: followed from there
+    h.append(with_analysis(record(5, {**BASE, "dropout": 0.1}, 0.7, True),
+                           advice(("high", "decrease", "lr"))))
     agent.observe(h[-1])
-    assert not agent.propose(context(c, h)).meta.get("steered")
-
-
-def test_no_steering_while_the_target_is_farther_than_the_numeric_parameters_reach() -> None:
-    # The same history, but a target 0.4 away: more than the 0.2 that lr moved the metric by.
-    c = cfg(steer=True, target=1.2, n_startup_trials=0)
-    h = [record(1, BASE, 0.6, True), record(2, {**BASE, "opt": "adam"}, 0.5, False),
-         record(3, {**BASE, "lr": 1e-2}, 0.8, True)]
-    h[-1] = CycleRecord(**{**h[-1].__dict__, "analysis": overfitting()})
-    agent = BuiltinAgent(c)
-    for r in h:
-        agent.observe(r)
     prop = agent.propose(context(c, h))
-    assert not prop.meta.get("steered") and prop.meta["source"] == "tpe"
+    assert prop.meta["source"] == "analysis" and prop.meta["from_cycle"] == 5
+    assert prop.params == {**BASE, "dropout": 0.1, "lr": prop.params["lr"]} and 1e-4 <= prop.params["lr"] < 1e-3
 
 
-def test_step_param_stays_in_bounds() -> None:
-    lr = Param(type="float", low=1e-4, high=1e-1, log=True)
-    assert step_param(lr, 1e-3, "decrease") == 5e-4 and step_param(lr, 0.09, "increase") == 0.1
-    w = Param(type="int", low=16, high=256)
-    assert step_param(w, 256, "increase") == 256 and step_param(w, 32, "increase") > 32
-    cat = Param(type="categorical", choices=[16, 32, 64])
-    assert step_param(cat, 32, "increase") == 64 and step_param(cat, 16, "decrease") == 16
+def test_no_direction_without_high_confidence_advice_or_with_steering_off() -> None:
+    for c, analysis in ((cfg(steer=True, screen=False), advice(("medium", "increase", "lr"))), (cfg(steer=False, screen=False), UNDERFIT)):
+        h = [with_analysis(record(1, BASE, 0.6, True), analysis)]
+        agent = BuiltinAgent(c)
+        agent.observe(h[0])
+        assert agent.propose(context(c, h)).meta["source"] == "tpe"
 
 
-def test_no_steering_during_the_random_start_up() -> None:
-    c = Config.model_validate({"project": {"seed": 7, "target_metric": {"name": "acc", "value": 2.0}},
-                               "agents": {"steer": True, "n_startup_trials": 3}, "search_space": SPACE})
+def test_parallel_directed_proposals_count_those_in_flight_and_differ() -> None:
+    c = cfg(steer=True, screen=False)
     agent = BuiltinAgent(c)
-    h = drive(agent, c, [], 1)
-    rec = Recommendation(action="increase:dropout", rationale="over-fitting", confidence="high", param="dropout", direction="increase")
-    h[-1] = CycleRecord(**{**h[-1].__dict__, "analysis": Analysis(diagnosis="overfitting", summary="", recommendations=(rec,))})
-    ctx = AgentContext(cycle=2, history=tuple(h), best=h[0], last_analysis=h[-1].analysis, search_space=c.search_space,
-                       target_name="acc", direction="maximize")
-    assert not agent.propose(ctx).meta.get("steered")
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]
+    agent.observe(h[0])
+    first = agent.propose(context(c, h))
+    second = agent.propose(context(c, h, pending=(first,)))
+    third = agent.propose(context(c, h, pending=(first, second)))
+    assert [p.meta["source"] for p in (first, second, third)] == ["analysis", "analysis", "tpe"]
+    assert first.params != second.params
+
+
+def test_resume_while_following_the_diagnosis_proposes_what_an_uninterrupted_run_would() -> None:
+    c = cfg(steer=True, screen=False)
+    straight = drive(BuiltinAgent(c), c, [], 10, analyst=lambda p: UNDERFIT)
+    assert "analysis" in {r.proposal.meta["source"] for r in straight}
+    first = drive(BuiltinAgent(c), c, [], 3, analyst=lambda p: UNDERFIT)
+    resumed_agent = BuiltinAgent(c)
+    for rec in first:
+        resumed_agent.observe(rec)
+    resumed = drive(resumed_agent, c, list(first), 7, analyst=lambda p: UNDERFIT)
+    assert [r.proposal.params for r in resumed] == [r.proposal.params for r in straight]
+    assert len({tuple(sorted(r.proposal.params.items())) for r in straight}) == 10
+
+
+def test_toward_stays_strictly_on_its_side_and_inside_the_bounds() -> None:
+    lr = Param(type="float", low=1e-4, high=1e-1, log=True)
+    width = Param(type="int", low=16, high=256, log=True)
+    epochs = Param(type="int", low=5, high=60)
+    bs = Param(type="categorical", choices=[32, 64, 128, 256])
+    rng = random.Random(0)
+    for _ in range(200):
+        assert 1e-3 < toward(lr, 1e-3, "increase", rng) <= 1e-1
+        assert 1e-4 <= toward(lr, 1e-3, "decrease", rng) < 1e-3
+        assert 64 < toward(width, 64, "increase", rng) <= 256
+        assert 15 < toward(epochs, 15, "increase", rng) <= 60 and 5 <= toward(epochs, 15, "decrease", rng) < 15
+        assert toward(bs, 64, "increase", rng) in (128, 256) and toward(bs, 64, "decrease", rng) == 32
+    # spread over the side, not stuck next to the start: log-uniform on a log parameter
+    ups = [toward(lr, 1e-3, "increase", rng) for _ in range(400)]
+    assert 0.3 < sum(u > 1e-2 for u in ups) / len(ups) < 0.7
+    for p, v, d in ((lr, 1e-1, "increase"), (epochs, 5, "decrease"), (bs, 256, "increase"), (bs, 32, "decrease")):
+        assert toward(p, v, d, rng) is None  # already at that bound
 
 
 # --------------------------------------------------------------------------- structure first
@@ -179,12 +234,18 @@ def test_far_from_the_target_each_untried_structure_runs_once_before_tpe() -> No
     c = cfg(space=ARCH_SPACE, target=0.95)
     h = drive(BuiltinAgent(c), c, [], 7, arch_score)
     assert h[0].proposal.meta["source"] == "baseline"
-    # One factor at a time: only `arch` changes, in declared order, the tried `mlp` skipped;
-    # the numeric categorical batch_size is not screened.
-    assert [r.proposal.params for r in h[1:4]] == [{**ARCH_BASE, "arch": a} for a in ("linear", "conv", "rnn")]
+    # One factor at a time: only `arch` changes, the choices after the default `mlp` first, then
+    # those before it; the numeric categorical batch_size is not screened.
+    assert [r.proposal.params for r in h[1:4]] == [{**ARCH_BASE, "arch": a} for a in ("conv", "rnn", "linear")]
     assert [r.proposal.meta["source"] for r in h[1:4]] == ["screen"] * 3
     assert "structure first" in h[1].proposal.rationale
     assert [r.proposal.meta["source"] for r in h[4:]] == ["tpe"] * 3  # every family has run: TPE takes over
+
+
+def test_screen_order_is_after_the_default_then_before_it_nearest_first() -> None:
+    fam = Param(type="categorical", choices=["a", "b", "c", "d", "e"], default="c")
+    assert screen_order(fam) == ["d", "e", "b", "a"]
+    assert screen_order(Param(type="categorical", choices=["a", "b"])) == ["a", "b"]  # no default: declared order
 
 
 def test_screening_starts_from_the_best_configuration() -> None:
@@ -210,7 +271,7 @@ def test_no_screening_once_the_numeric_parameters_have_moved_the_metric_as_far_a
     for r in h:
         agent.observe(r)
     prop = agent.propose(context(far, h))
-    assert prop.meta["source"] == "screen" and prop.params == {**ARCH_BASE, "lr": 1e-2, "arch": "linear"}
+    assert prop.meta["source"] == "screen" and prop.params == {**ARCH_BASE, "lr": 1e-2, "arch": "conv"}
 
 
 def test_parallel_screening_proposals_differ() -> None:
@@ -219,7 +280,7 @@ def test_parallel_screening_proposals_differ() -> None:
     first = agent.propose(context(c, []))  # the baseline, still running
     second = agent.propose(context(c, [], pending=(first,)))
     third = agent.propose(context(c, [], pending=(first, second)))
-    assert [p.params["arch"] for p in (first, second, third)] == ["mlp", "linear", "conv"]
+    assert [p.params["arch"] for p in (first, second, third)] == ["mlp", "conv", "rnn"]
     assert [p.meta["source"] for p in (second, third)] == ["screen", "screen"]
 
 

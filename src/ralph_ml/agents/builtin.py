@@ -8,15 +8,22 @@ one would, and never re-proposes a configuration it already tried. In order:
 1. Cycle 1 runs the baseline (the ``default`` of every parameter).
 2. Structure first, while the best is *far* from the target: every choice of a nominal
    categorical parameter (choices that are not numbers: ``arch = ["mlp", "cnn"]``) that
-   no cycle has run yet is tried once, one factor at a time from the best configuration,
-   in the order the search space declares them. Far means the remaining gap to the target
-   is larger than the spread of the metric among the cycles that share the best's
-   structure (its nominal choices), i.e. larger than anything the numeric parameters have
-   been seen to move it by. TPE's random start-up would reach an untried structure only by
-   chance; the screen costs one trial per choice.
-3. Steering, after ``agents.n_startup_trials`` cycles and only once *near* (gap within that
-   spread): a high-confidence recommendation of the last analysis (``increase:dropout``) is
-   followed one step from the best configuration, never twice in a row.
+   no cycle has run yet is tried once, one factor at a time from the best configuration.
+   Far means the remaining gap to the target is larger than the spread of the metric among
+   the cycles that share the best's structure (its nominal choices), i.e. larger than
+   anything the numeric parameters have been seen to move it by. The choices declared
+   after the default come first, nearest first, then those before it: such lists are
+   usually written from simple to expressive (``logreg, mlp, cnn, gru``), and a far target
+   is rarely closed by a simpler family. TPE's random start-up would reach an untried
+   structure only by chance; the screen costs one trial per choice.
+3. Following the diagnosis: when the analysis of the best cycle makes a high-confidence
+   recommendation (``increase:epochs``: the loss was still falling at the end), the
+   parameters its high-confidence recommendations name are moved together in their
+   directions from the best configuration, each to a random point of the half of its
+   range on that side (log-uniform for log parameters), the others kept. A step of random
+   size finds how far to go without a line search; a new best brings its own diagnosis.
+   At most ``_DIRECTED_TRIES`` such proposals per best: after that many without a new best
+   the advice is spent and TPE takes over.
 4. Otherwise TPE (multivariate, constant liar for parallel proposals), whose random
    start-up counts the cycles above.
 """
@@ -24,6 +31,7 @@ one would, and never re-proposes a configuration it already tried. In order:
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Mapping
 
 import optuna
@@ -41,6 +49,8 @@ _RESAMPLE_TRIES = 20
 # The structure screen may take at most this share of safeguards.max_cycles: the rest is
 # left to the model-based search however many choices the space declares.
 _SCREEN_SHARE = 0.5
+# Proposals that follow one best cycle's diagnosis before TPE takes over again.
+_DIRECTED_TRIES = 2
 
 
 def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
@@ -70,29 +80,47 @@ def nominal(p: Param) -> bool:
     return not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in (p.choices or []))
 
 
-def step_param(p: Param, value: Any, direction: str) -> Any:
-    """One step of ``value`` in ``direction`` inside the parameter's bounds."""
+def screen_order(p: Param) -> list[Any]:
+    """The choices of a nominal parameter in the order the screen tries them: those declared
+    after the default, nearest first, then those before it, nearest first (see the module doc)."""
+    choices = list(p.choices or [])
+    if p.default not in choices:
+        return choices
+    i = choices.index(p.default)
+    return choices[i + 1:] + choices[:i][::-1]
+
+
+def toward(p: Param, value: Any, direction: str, rng: random.Random) -> Any | None:
+    """A random value of ``p`` strictly on the ``direction`` side of ``value``, inside its bounds
+    (log-uniform for a log parameter, uniform otherwise; for a categorical, one of the choices
+    past ``value`` in declared order). None when ``value`` is already at that bound."""
     up = direction == "increase"
     if p.type == "categorical":
         choices = list(p.choices or [])
-        i = choices.index(value) if value in choices else 0
-        j = min(len(choices) - 1, i + 1) if up else max(0, i - 1)
-        return choices[j]
+        i = choices.index(value) if value in choices else (-1 if up else len(choices))
+        side = choices[i + 1:] if up else choices[:max(i, 0)]
+        return rng.choice(side) if side else None
     assert p.low is not None and p.high is not None
-    if p.log:
-        v = float(value) * (2.0 if up else 0.5)
-    else:
-        span = p.high - p.low
-        v = float(value) + (0.25 * span if up else -0.25 * span)
-    v = min(p.high, max(p.low, v))
     if p.type == "int":
-        iv = int(round(v))
-        if iv == int(value):
-            iv = int(value) + (1 if up else -1)
-        return int(min(p.high, max(p.low, iv)))
+        step = int(p.step or 1)
+        ilo, ihi = (int(value) + step, int(p.high)) if up else (int(p.low), int(value) - step)
+        if ilo > ihi:
+            return None
+        if p.log and ilo > 0:
+            v = int(round(math.exp(rng.uniform(math.log(ilo), math.log(ihi)))))
+        else:
+            v = rng.randint(ilo, ihi)
+        v = min(ihi, max(ilo, v))
+        return int(p.low) + round((v - int(p.low)) / step) * step if step > 1 else v
+    lo, hi = (max(float(value), p.low), p.high) if up else (p.low, min(float(value), p.high))
+    if hi <= lo:
+        return None
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p.log and lo > 0 else rng.uniform(lo, hi)
     if p.step:
-        v = p.low + round((v - p.low) / p.step) * p.step
-    return float(v)
+        x = p.low + round((x - p.low) / p.step) * p.step
+        if x == float(value):
+            return None
+    return float(min(p.high, max(p.low, x)))
 
 
 class BuiltinAgent(Agent):
@@ -198,7 +226,7 @@ class BuiltinAgent(Agent):
             return None
         for name in self.nominal:
             run = {p.params[name] for p in proposals if name in p.params}
-            for choice in self.space[name].choices or []:
+            for choice in screen_order(self.space[name]):
                 params = {**base, name: choice}
                 if choice in run or _key(params) in self.tried:
                     continue
@@ -209,28 +237,40 @@ class BuiltinAgent(Agent):
                 return params, f"structure first: `{name}` = {choice!r}, not run yet, from the best configuration; {why}"
         return None
 
-    # -- steering --------------------------------------------------------------------
-    def _steered(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
-        if not self.cfg.agents.steer or ctx.best is None or ctx.last_analysis is None:
+    # -- following the diagnosis ----------------------------------------------------
+    def _directed(self, ctx: AgentContext) -> tuple[dict[str, Any], str] | None:
+        """The best configuration moved the way the best cycle's analysis says (see the module doc)."""
+        best = ctx.best
+        if not self.cfg.agents.steer or best is None or best.analysis is None:
             return None
-        # Explore first: analysis advice is followed only once the random start-up phase is over,
-        # never twice in a row (one-step moves cost a whole trial each; TPE keeps searching), and
-        # never while the target is farther than the numeric parameters have moved the metric:
-        # a one-step nudge cannot close such a gap.
-        if len(ctx.history) <= self.cfg.agents.n_startup_trials or self._far(ctx):
+        params = {k: v for k, v in best.proposal.params.items() if k in self.dists}
+        if set(params) != set(self.dists):
+            return None  # a partial configuration (another agent's): nothing to move from
+        recs = [r for r in best.analysis.recommendations
+                if r.param in self.space and r.direction in ("increase", "decrease") and r.confidence == "high"]
+        if not recs:
             return None
-        last = ctx.history[-1] if ctx.history else None
-        if last is not None and last.proposal.meta.get("steered"):
+        since = [r.proposal for r in ctx.history if r.cycle > best.cycle] + list(ctx.pending)
+        tries = sum(p.meta.get("source") == "analysis" and p.meta.get("from_cycle") == best.cycle for p in since)
+        if tries >= _DIRECTED_TRIES:
             return None
-        for rec in ctx.last_analysis.recommendations:
-            if rec.confidence != "high" or not rec.param or rec.param not in self.space or not rec.direction:
-                continue
-            params = dict(ctx.best.proposal.params)
-            if rec.param not in params:
-                continue
-            params[rec.param] = step_param(self.space[rec.param], params[rec.param], rec.direction)
-            if _key(params) not in self.tried:
-                return params, f"following `{rec.action}` from the best cycle {ctx.best.cycle}: {rec.rationale}"
+        moves: dict[str, str] = {}
+        for r in recs:
+            assert r.param is not None and r.direction is not None
+            moves.setdefault(r.param, r.direction)  # the first (highest-ranked) word on a parameter wins
+        for attempt in range(_RESAMPLE_TRIES):
+            rng = random.Random((self.seed * 1_000_003 + ctx.cycle * 7_919 + attempt) * 31 + 17)
+            out = dict(params)
+            for name, direction in moves.items():
+                v = toward(self.space[name], params[name], direction, rng)
+                if v is not None:
+                    out[name] = v
+            if out == params:
+                return None  # every named parameter is already at its bound
+            if _key(out) not in self.tried:
+                said = ", ".join(f"{d}:{n}" for n, d in moves.items())
+                return out, (f"following the analysis of the best cycle {best.cycle} ({best.analysis.diagnosis}): "
+                             f"{said}, a random step each, the rest of its configuration kept")
         return None
 
     def propose(self, ctx: AgentContext) -> Proposal:
@@ -249,11 +289,13 @@ class BuiltinAgent(Agent):
             params, why = screened
             self.tried.add(_key(params))
             return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "screen"})
-        steered = self._steered(ctx)
-        if steered is not None:
-            params, why = steered
+        directed = self._directed(ctx)
+        if directed is not None:
+            params, why = directed
             self.tried.add(_key(params))
-            return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "analysis", "steered": True})
+            assert ctx.best is not None
+            return Proposal(params=params, rationale=why, agent=self.name,
+                            meta={"source": "analysis", "steered": True, "from_cycle": ctx.best.cycle})
         for attempt in range(_RESAMPLE_TRIES):
             self.study.sampler = self._sampler(ctx.cycle, attempt)
             trial = self.study.ask(self.dists)
