@@ -13,8 +13,8 @@ run (its CPU-seconds and each cycle's parameters, source and metric) to a JSON-l
 that stopped at --max-cycles without reaching the target.
 Strategies (--strategies picks some):
 
-  ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, analysis
-               steering, TPE), K=1, warm starts (the template's execution.preload)
+  ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, following
+               the analysis's diagnosis, TPE), K=1, warm starts (the template's execution.preload)
   ralph-prune  the same with the median pruner on the trials' progress reports
   ralph-k2     the same as ralph with two trials at once
   ralph-cold   the same as ralph with a fresh interpreter per command (execution.preload = [])

@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import secrets
-import shutil
 import subprocess
 import threading
 import time
@@ -23,18 +22,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import decision as dec
-from . import recording, versions
+from . import materialize, recording
 from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst
 from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
 from .cyclefiles import trial_env
-from .errors import AgentError, GuardRejected, StateError, WorkspaceError
+from .errors import AgentError, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
-from .guard import guard_patch
 from .hashing import hash_files
-from .journal import Journal, dumps, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .journal import Journal, dumps, replay, write_json_atomic
 from .noise import NoiseCheck
 from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
 from .records import (
@@ -49,7 +47,7 @@ from .records import (
 )
 from .resources import Allocation, ResourcePool, detect_gpus
 from .sinks import build_sinks
-from .workspace import GitVersions, apply_patch, snapshot
+from .workspace import GitVersions
 
 EventSink = Callable[[str, dict[str, Any]], None]  # on_event(kind, event)
 
@@ -459,23 +457,20 @@ class Loop:
         self.cycle = cycle
         self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": True})
         found = self.executor.recover(cdir)
-        if isinstance(found, TrialHandle):  # still running elsewhere (a cluster): wait for it again
-            self.emit("recovered", {"cycle": cycle, "how": "re-attached"})
+        if found is not None:  # finished (collect it) or still running elsewhere, a cluster (wait again)
             version = json.loads((cdir / "version.json").read_text()) if (cdir / "version.json").exists() else {}
             params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
-            flight = Flight(cycle, proposal, cdir, params, handle=found, commit=version.get("commit"),
-                            parent=version.get("parent"), code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
-            flight.alloc = self.pool.allocate(cycle)
-            threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
+            flight = Flight(cycle, proposal, cdir, params, commit=version.get("commit"), parent=version.get("parent"),
+                            code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
+            if isinstance(found, TrialHandle):
+                self.emit("recovered", {"cycle": cycle, "how": "re-attached"})
+                flight.handle = found
+                flight.alloc = self.pool.allocate(cycle)
+                threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
+            else:
+                self.emit("recovered", {"cycle": cycle, "how": "collected", "status": found.status.value})
+                flight.result = found
             return flight
-        result = found
-        if result is not None:
-            self.emit("recovered", {"cycle": cycle, "how": "collected", "status": result.status.value})
-            version = json.loads((cdir / "version.json").read_text()) if (cdir / "version.json").exists() else {}
-            commit, parent = version.get("commit"), version.get("parent")
-            params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
-            return Flight(cycle, proposal, cdir, params, result=result, commit=commit, parent=parent,
-                          code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
         if cdir.exists():
             # The trial did not finish: keep its partial files as evidence, then re-run it once.
             attic = self.runs_dir / ".interrupted"
@@ -490,9 +485,10 @@ class Loop:
             self.emit("recovered", {"cycle": cycle, "how": "re-run", "evidence": str(aside)})
         return self._launch(cycle, proposal, announce=False)
 
-    def _invalid(self, failure: FailureClass, message: str) -> TrialResult:
-        now = time.time()
-        return TrialResult(status=TrialStatus.INVALID, failure=failure, message=message, started_at=now, ended_at=now)
+    def _code_site(self) -> materialize.CodeSite:
+        return materialize.CodeSite(cfg=self.cfg, workspace=self.ws, runs_dir=self.runs_dir,
+                                    skip=(self.runs_dir, self.reports_dir, self.state_dir), git=self.git,
+                                    frozen_hashes=self.frozen_hashes, config_bytes=self._config_bytes)
 
     def _launch(self, cycle: int, proposal: Proposal, *, announce: bool = True) -> Flight:
         """Materialize the cycle's code, guard it, and submit the trial (or settle it as invalid)."""
@@ -501,63 +497,14 @@ class Loop:
         self.cycle = cycle
         if announce:
             self.emit("cycle_started", {"cycle": cycle, "proposal": proposal.to_dict(), "recovering": False})
-        self._phase("materialize")
+        built = materialize.build(self._code_site(), cycle, proposal, best=self._best, by_cycle=self._by_cycle,
+                                  phase=self._phase, emit=self.emit)
+        params = built.params
+        flight = Flight(cycle, proposal, cdir, params, parent=built.parent, commit=built.commit,
+                        code_hashes=built.code_hashes, result=built.invalid)
+        if built.invalid is not None:
+            return flight
         code = cdir / "code"
-        cdir.mkdir(parents=True, exist_ok=True)
-        (cdir / "logs").mkdir(exist_ok=True)
-        (cdir / "checkpoints").mkdir(exist_ok=True)
-        if code.exists():  # a leftover from an interrupted attempt: start clean
-            if self.git is not None:
-                self.git.release(code)
-            shutil.rmtree(code)
-        parent, refused = versions.parent_of(proposal, self._best, self._by_cycle, self.cfg.branching.max_fix_attempts)
-        if self.git is not None and not refused and "agent_error" not in proposal.meta:
-            # The code folder is a git worktree at the parent version's commit (None: the run's
-            # base) from here until the cycle is recorded: parallel cycles never share an index.
-            parent_rec = self._by_cycle.get(parent) if parent is not None else None
-            self.git.open_worktree(code, parent_rec.commit if parent_rec else None)
-        snapshot(self.ws, code, exclude=cfg.files.exclude, skip=[self.runs_dir, self.reports_dir, self.state_dir])
-        params = {**self._params_of(parent), **proposal.params}
-        flight = Flight(cycle, proposal, cdir, params, parent=parent)
-        write_json_atomic(cdir / "params.json", params)
-        write_json_atomic(cdir / "version.json", {"parent": parent})
-        write_bytes_atomic(cdir / "config.json", self._config_bytes)
-        if "agent_error" in proposal.meta:
-            flight.result = self._invalid(FailureClass.AGENT_ERROR, f"the agent could not propose: {proposal.meta['agent_error']}")
-            return flight
-        if refused:
-            flight.result = self._invalid(FailureClass.AGENT_ERROR, refused)
-            return flight
-        # The parent version's code: its ancestors' patches from the workspace down, in order.
-        for patch in versions.chain(parent, self._by_cycle):
-            apply_patch(code, patch)
-        if proposal.patch:
-            write_text_atomic(cdir / "patch.diff", proposal.patch)
-            self._phase("guard")
-            try:
-                # PLAN.md is the code agent's plan (seed 003): writable like the mutable files.
-                touched = guard_patch(code, proposal.patch, mutable=[*cfg.files.mutable, "PLAN.md"], frozen=cfg.files.frozen)
-            except GuardRejected as exc:
-                msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
-                write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")
-                self.emit("guard", {"cycle": cycle, "verdict": "rejected", "reason": msg})
-                flight.result = self._invalid(FailureClass.GUARD_REJECTED, msg)
-                return flight
-            self.emit("guard", {"cycle": cycle, "verdict": "accepted", "files": touched})
-        flight.code_hashes = hash_files(code, cfg.files.frozen)
-        changed = [f for f, h in flight.code_hashes.items() if self.frozen_hashes.get(f) != h]
-        if changed:
-            flight.result = self._invalid(
-                FailureClass.FROZEN_MODIFIED,
-                f"frozen file(s) {changed} differ from the version hashed when the run started; "
-                "the evaluation can no longer be trusted. Restore them (e.g. `git checkout -- "
-                + " ".join(changed)
-                + "`) and `ralph-ml resume`.",
-            )
-            return flight
-        if self.git is not None:
-            flight.commit = self.git.commit_cycle(cycle, code, recording.commit_message(cycle, proposal, params))
-            write_json_atomic(cdir / "version.json", {"parent": parent, "commit": flight.commit, "branch": self.git.branch})
         timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
         if cfg.safeguards.total_time_limit_minutes is not None:
             timeout_s = max(1.0, min(timeout_s, cfg.safeguards.total_time_limit_minutes * 60 - self.elapsed_s))
@@ -587,17 +534,6 @@ class Loop:
             flight.reader = ProgressReader(cdir / "progress.jsonl")
         threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
         return flight
-
-    def _params_of(self, version: int | None) -> dict[str, Any]:
-        if version is None:
-            return {}
-        path = self.cycle_dir(version) / "params.json"
-        try:
-            loaded = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            rec = self._by_cycle.get(version)
-            return dict(rec.proposal.params) if rec else {}
-        return loaded if isinstance(loaded, dict) else {}
 
     def _waiter(self, flight: Flight) -> None:
         assert flight.handle is not None
