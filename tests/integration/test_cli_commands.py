@@ -95,6 +95,16 @@ def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
     metrics = [r["metric"] for r in recs]
     assert metrics[0] < 0.98  # the baseline does not already meet the target
     assert max(metrics) > metrics[0]  # the loop found something better
+    # The baseline is under-trained (its loss still falls at the end) and cycle 2 follows that
+    # diagnosis: more epochs and a higher learning rate from the baseline, nothing else moved.
+    advice = {r["action"] for r in recs[0]["analysis"]["recommendations"] if r["confidence"] == "high"}
+    assert {"increase:epochs", "increase:lr"} <= advice
+    second = recs[1]["proposal"]
+    assert second["meta"]["source"] == "analysis" and second["meta"]["from_cycle"] == 1
+    base = recs[0]["proposal"]["params"]
+    assert second["params"]["epochs"] > base["epochs"] and second["params"]["lr"] > base["lr"]
+    assert {k: v for k, v in second["params"].items() if k not in ("epochs", "lr")} == \
+        {k: v for k, v in base.items() if k not in ("epochs", "lr")}
     m = json.loads((root / "runs" / "cycle_0001" / "metrics.json").read_text())
     assert {"val_accuracy", "val_loss", "train_loss"} <= set(m["result"])
     assert (root / "runs" / "cycle_0001" / "checkpoints" / "val_scores.npy").exists()
