@@ -167,7 +167,14 @@ def test_cli_kill9_then_resume_collects_the_finished_trial_and_reattaches_the_ru
     proc = ralph_bg(root, "start")
     try:
         # K = 2: cycles 1 and 2 run at once on the cluster, each waiting for its gate.
-        wait_for(lambda: sorted(read_text(ledger).split()) == ["1", "2"], 90, "cycles 1 and 2 running")
+        try:
+            # Up to 180 s: a Ray Client connection whose server dies as it starts (ray#63202) is
+            # tried again by the executor, and each failed attempt takes Ray's own time to report.
+            wait_for(lambda: sorted(read_text(ledger).split()) == ["1", "2"], 180, "cycles 1 and 2 running")
+        except AssertionError as exc:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"{exc}; the loop said:\n{out}\n{err}") from None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
