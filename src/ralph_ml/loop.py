@@ -486,7 +486,7 @@ class Loop:
         return self._launch(cycle, proposal, announce=False)
 
     def _code_site(self) -> materialize.CodeSite:
-        return materialize.CodeSite(cfg=self.cfg, workspace=self.ws, runs_dir=self.runs_dir,
+        return materialize.CodeSite(cfg=self.cfg, workspace=self.ws, cycle_dir=self.cycle_dir,
                                     skip=(self.runs_dir, self.reports_dir, self.state_dir), git=self.git,
                                     frozen_hashes=self.frozen_hashes, config_bytes=self._config_bytes)
 

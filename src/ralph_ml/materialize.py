@@ -36,14 +36,11 @@ class CodeSite:
 
     cfg: Config
     workspace: Path
-    runs_dir: Path
+    cycle_dir: Callable[[int], Path]  # the loop's runs/cycle_NNNN of a cycle
     skip: tuple[Path, ...]  # folders of the workspace that are never copied (runs/, reports/, state/)
     git: GitVersions | None
     frozen_hashes: Mapping[str, str]  # of the frozen files when the run started
     config_bytes: bytes  # config.json of every cycle
-
-    def cycle_dir(self, cycle: int) -> Path:
-        return self.runs_dir / f"cycle_{cycle:04d}"
 
 
 @dataclass
