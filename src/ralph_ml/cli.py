@@ -434,7 +434,7 @@ def best(
 ) -> None:
     """Show the best cycle (params, code folder, git tag); --apply checks its code out into the workspace."""
     from .decision import best_of
-    from .journal import replay
+    from .journal import cycle_folder, replay
 
     try:
         cfg = _cfg(config)
@@ -445,7 +445,7 @@ def best(
     if b is None:
         err.print("no kept cycle yet")
         raise typer.Exit(1)
-    code = cfg.path(cfg.paths.runs) / f"cycle_{b.cycle:04d}" / "code"
+    code = cfg.path(cfg.paths.runs) / cycle_folder(b.cycle) / "code"
     console.print(f"best: cycle {b.cycle} · {cfg.target.name} = {b.metric}")
     console.print(f"params: {json.dumps(b.proposal.params)}")
     console.print(f"code: {code}")

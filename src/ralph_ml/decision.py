@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from .config import Config
+from .journal import cycle_folder
 from .records import CycleRecord, Decision, StopReason, TrialStatus
 
 
@@ -252,7 +253,7 @@ def after_cycle(history: Sequence[CycleRecord], cfg: Config, usage: Usage, total
                 f"cycle {last.cycle} did not improve {cfg.target.name} and its analysis "
                 f"({a.agent if a else 'none'}) has no high-confidence recommendation; with an analysis agent the run "
                 "continues only while the metric improves or a recommendation is high-confidence (seed 000). "
-                f"Analysis: runs/cycle_{last.cycle:04d}/analysis.md",
+                f"Analysis: runs/{cycle_folder(last.cycle)}/analysis.md",
                 cycle=last.cycle, analysis_agent=a.agent if a else None,
                 recommendations=[r.to_dict() for r in (a.recommendations if a else ())][:3],
             )
@@ -285,7 +286,7 @@ def _after_cycle_rules(history: Sequence[CycleRecord], cfg: Config, usage: Usage
             StopReason.CIRCUIT_BREAKER,
             f"the last {k} cycles failed the same way ({failure}, exit code {exit_code}: {line or 'no stderr'}); "
             f"safeguards.max_consecutive_failures = {k}. Fix the cause, then `ralph-ml resume`. "
-            f"Logs: runs/cycle_{last.cycle:04d}/logs/stderr.log",
+            f"Logs: runs/{cycle_folder(last.cycle)}/logs/stderr.log",
             cycles=[r.cycle for r in history[-k:]], failure=failure, exit_code=exit_code, stderr_last_line=line,
         )
     gate = sg.min_validation_gate

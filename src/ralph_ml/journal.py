@@ -17,6 +17,11 @@ from .errors import StateError
 from .records import CycleRecord, Decision, Proposal
 
 
+def cycle_folder(cycle: int) -> str:
+    """The name of cycle N's folder under the runs folder (seed 000's layout): ``cycle_0001``."""
+    return f"cycle_{cycle:04d}"
+
+
 def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
     """Write a file so a reader never sees half of it: a temp file beside it, then rename.
 

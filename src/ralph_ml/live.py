@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Config
-from .journal import iter_events
+from .journal import cycle_folder, iter_events
 from .runfiles import Event, Progress, ProgressTail, progress_of, read_state, tail_lines
 
 log = logging.getLogger("ralph_ml.live")
@@ -135,7 +135,7 @@ class RunView:
         return max(kept, key=lambda r: r.cycle) if kept else None
 
     def cycle_dir(self, cycle: int) -> Path:
-        return self.runs_dir / f"cycle_{cycle:04d}"
+        return self.runs_dir / cycle_folder(cycle)
 
     def apply(self, ev: Event) -> Text | None:
         """Fold one event in; returns a line to print above the live area, if any."""
@@ -357,7 +357,7 @@ def _trial(view: RunView, now: float, log_lines: int, width: int) -> Panel:
     logs = view.cycle_dir(t.cycle) / "logs"
     errs = tail_lines(logs / "stderr.log", max(1, log_lines // 3))
     out = tail_lines(logs / "stdout.log", max(1, log_lines - len(errs)))
-    rel = f"cycle_{t.cycle:04d}/logs"
+    rel = f"{cycle_folder(t.cycle)}/logs"
     body.append(Text(f"─ log tail ({rel}) " + "─" * max(0, width - len(rel) - 20), style="grey37", no_wrap=True, overflow="crop"))
     for ln in out:
         body.append(Text(ln, no_wrap=True, overflow="ellipsis"))

@@ -32,7 +32,7 @@ from .errors import AgentError, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
 from .hashing import hash_files
-from .journal import Journal, dumps, replay, write_json_atomic
+from .journal import Journal, cycle_folder, dumps, replay, write_json_atomic
 from .noise import NoiseCheck
 from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
 from .records import (
@@ -295,7 +295,7 @@ class Loop:
         return dec.Usage(elapsed_s=self.elapsed_s, tokens=self.totals.tokens, cost_usd=self.totals.cost_usd)
 
     def cycle_dir(self, cycle: int) -> Path:
-        return self.runs_dir / f"cycle_{cycle:04d}"
+        return self.runs_dir / cycle_folder(cycle)
 
     def _phase(self, phase: str, *, persist: bool = False) -> None:
         """Enter a phase; ``persist`` writes the state file (for phases that can last)."""

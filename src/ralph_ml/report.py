@@ -26,7 +26,7 @@ from . import charts
 from .analysis import read_progress
 from .config import Config
 from .decision import best_of
-from .journal import Replay, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .journal import Replay, cycle_folder, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .records import CycleRecord, Direction
 
 log = logging.getLogger("ralph_ml.report")
@@ -73,8 +73,8 @@ def leaderboard(records: list[CycleRecord], direction: Direction, top: int = 10)
             "verdict": r.verdict,
             "params": r.proposal.params,
             "commit": r.commit,
-            "code": f"runs/cycle_{r.cycle:04d}/code",
-            "checkpoints": f"runs/cycle_{r.cycle:04d}/checkpoints",
+            "code": f"runs/{cycle_folder(r.cycle)}/code",
+            "checkpoints": f"runs/{cycle_folder(r.cycle)}/checkpoints",
         }
         for i, r in enumerate(ok[:top])
     ]
@@ -158,7 +158,7 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
     best: CycleRecord | None = None
     eff: dict[int, dict[str, Any]] = {}
     for r in records:
-        cdir = runs_dir / f"cycle_{r.cycle:04d}"
+        cdir = runs_dir / cycle_folder(r.cycle)
         base_params = eff[best.cycle] if best is not None else defaults
         params = _read_params(cdir / "params.json") or {**base_params, **r.proposal.params}
         eff[r.cycle] = params
@@ -277,7 +277,7 @@ def _curves(ctx: ReportContext, runs_dir: Path) -> tuple[dict[int, list[dict[str
     curves: dict[int, list[dict[str, Any]]] = {}
     labels: dict[int, str] = {}
     for v in scored:
-        rows = read_progress(runs_dir / f"cycle_{v.cycle:04d}" / "progress.jsonl")
+        rows = read_progress(runs_dir / cycle_folder(v.cycle) / "progress.jsonl")
         if rows:
             curves[v.cycle] = rows
             labels[v.cycle] = f"cycle {v.cycle}: {fmt(v.record.metric)}" + (" (best)" if ctx.best and v.cycle == ctx.best.cycle else "")
@@ -418,7 +418,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             lines.append(f"- improvement: {first_ok.metric:.6g} (cycle {first_ok.cycle}) → {best.metric:.6g} ({gain:+.6g})")
         if best.commit:
             lines.append(f"- best code: commit `{best.commit[:12]}` (tag `ralph/{rp.run['run_id']}/best`)")
-        lines.append(f"- best code folder: `runs/cycle_{best.cycle:04d}/code`")
+        lines.append(f"- best code folder: `runs/{cycle_folder(best.cycle)}/code`")
     lines += [
         f"- elapsed: {rp.elapsed_s:.1f} s (trials {ctx.trial_seconds:.1f} s, loop and agent {max(0.0, rp.elapsed_s - ctx.trial_seconds):.1f} s)",
         f"- agent usage: {ctx.tokens} tokens, ${ctx.cost_usd:.4f}",

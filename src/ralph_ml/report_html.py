@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from . import __version__, charts
+from .journal import cycle_folder
 from .report import ReportContext, _delta, _fmt_params, fmt, lessons, stop_summary
 
 _CSS = """
@@ -134,7 +135,7 @@ def render_html(ctx: ReportContext) -> str:
             else:
                 parts.append("<p class=muted>params unchanged</p>")
             if r.commit:
-                parts.append(f"<p class=muted>commit <code>{_e(r.commit[:12])}</code> · code <code>runs/cycle_{r.cycle:04d}/code</code></p>")
+                parts.append(f"<p class=muted>commit <code>{_e(r.commit[:12])}</code> · code <code>runs/{cycle_folder(r.cycle)}/code</code></p>")
             if v.patch:
                 parts.append(_diff(v.patch))
     parts.append(f"<h2>Time and agent usage</h2><p>elapsed {rp.elapsed_s:.1f} s: trials {ctx.trial_seconds:.1f} s, "

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..config import CONFIG_NAMES, Config, load_config
 from ..errors import RalphError
+from ..journal import cycle_folder
 from ..runfiles import ProgressTail, loop_alive, progress_of, read_state, tail_lines
 
 LOG_LINES = 60  # stdout lines of the running trial sent to the page
@@ -248,7 +249,7 @@ class RunStore:
             flying = jt.in_flight()
             alive = bool(state.get("loop_alive"))
             # The trial whose log is shown: the latest in flight that has output, else the latest recorded.
-            logging_ = [c for c in flying if (ref.runs_dir / f"cycle_{c:04d}" / "logs" / "stdout.log").exists()]
+            logging_ = [c for c in flying if (ref.runs_dir / cycle_folder(c) / "logs" / "stdout.log").exists()]
             focus = max(logging_ or flying or list(jt.cycles) or [int(state.get("cycle") or 0)])
             out: dict[str, Any] = {
                 "summary": self._summary(ref, state, jt),
@@ -268,7 +269,7 @@ class RunStore:
     def _trial(self, ref: RunRef, cycle: int, *, running: bool, logs: bool) -> dict[str, Any] | None:
         if cycle <= 0:
             return None
-        cdir = ref.runs_dir / f"cycle_{cycle:04d}"
+        cdir = ref.runs_dir / cycle_folder(cycle)
         if not cdir.is_dir():
             return {"cycle": cycle, "running": running, "params": {}, "progress": None, "curve": [], "stdout": [], "stderr": []}
         try:

@@ -20,7 +20,7 @@ from ..analysis import read_progress
 from ..config import Config
 from ..errors import RalphError
 from ..events import Event
-from ..journal import replay, write_json_atomic
+from ..journal import cycle_folder, replay, write_json_atomic
 from ..records import CycleRecord
 
 log = logging.getLogger("ralph_ml.sinks")
@@ -46,7 +46,7 @@ class CycleData:
 
     @property
     def tag(self) -> str:
-        return f"cycle_{self.record.cycle:04d}"
+        return cycle_folder(self.record.cycle)
 
     def finite_metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.record.result.metrics.items() if math.isfinite(v)}
@@ -128,7 +128,7 @@ class TrackingSink:
             return
         elif kind == "cycle_recorded" and isinstance(event.get("record"), dict):
             rec = CycleRecord.from_dict(event["record"])
-            cdir = Path(event["cycle_dir"]) if event.get("cycle_dir") else self.runs_dir / f"cycle_{rec.cycle:04d}"
+            cdir = Path(event["cycle_dir"]) if event.get("cycle_dir") else self.runs_dir / cycle_folder(rec.cycle)
             self._log(rec, cdir)
         elif kind == "run_stopped":
             self.stopped(dict(event.get("decision") or {}), event.get("exit_code"))
@@ -174,7 +174,7 @@ class TrackingSink:
                 if rec.kept:
                     self.best = rec
                 continue
-            self._log(rec, self.runs_dir / f"cycle_{rec.cycle:04d}")
+            self._log(rec, self.runs_dir / cycle_folder(rec.cycle))
 
     def _log(self, rec: CycleRecord, cdir: Path) -> None:
         if rec.kept:
