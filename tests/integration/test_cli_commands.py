@@ -105,6 +105,15 @@ def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
     assert second["params"]["epochs"] > base["epochs"] and second["params"]["lr"] > base["lr"]
     assert {k: v for k, v in second["params"].items() if k not in ("epochs", "lr")} == \
         {k: v for k, v in base.items() if k not in ("epochs", "lr")}
+    # Cycle 2 fits the training set, short of the target (seed 0: train 1.0, val 0.978), so
+    # cycle 3 widens the model and regularizes it from cycle 2's configuration, the rest kept.
+    assert recs[1]["result"]["metrics"]["train_accuracy"] >= 0.995 and metrics[1] < 0.98
+    assert recs[1]["analysis"]["diagnosis"] == "overfitting"
+    third, moved = recs[2]["proposal"], ("width", "dropout", "weight_decay")
+    assert third["meta"]["source"] == "analysis" and third["meta"]["from_cycle"] == 2
+    assert all(third["params"][k] > second["params"][k] for k in moved)
+    assert {k: v for k, v in third["params"].items() if k not in moved} == \
+        {k: v for k, v in second["params"].items() if k not in moved}
     m = json.loads((root / "runs" / "cycle_0001" / "metrics.json").read_text())
     assert {"val_accuracy", "val_loss", "train_loss"} <= set(m["result"])
     assert (root / "runs" / "cycle_0001" / "checkpoints" / "val_scores.npy").exists()

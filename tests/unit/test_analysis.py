@@ -5,7 +5,7 @@ from ralph_ml.config import Config
 from ralph_ml.records import FailureClass, TrialResult, TrialStatus
 
 
-def cfg() -> Config:
+def cfg(**extra_space: dict[str, object]) -> Config:
     return Config.model_validate({
         "project": {"target_metric": {"name": "val_accuracy", "value": 0.99}},
         "search_space": {
@@ -13,6 +13,7 @@ def cfg() -> Config:
             "dropout": {"type": "float", "low": 0.0, "high": 0.5},
             "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
             "epochs": {"type": "int", "low": 1, "high": 50},
+            **extra_space,
         },
     })
 
@@ -73,3 +74,16 @@ def test_under_training_advice_raises_epochs_and_learning_rate_with_high_confide
     r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.8, "train_accuracy": 0.82})
     top = [x.action for x in analyze(r, 0.8, True, [], rows, cfg()).recommendations if x.confidence == "high"]
     assert top[:2] == ["increase:epochs", "increase:lr"]
+
+
+def test_a_fit_training_set_short_of_the_target_calls_for_a_wider_model_first() -> None:
+    c = cfg(width={"type": "int", "low": 16, "high": 256, "log": True})
+    rows = [{"step": i, "train_loss": 0.5 / (i + 1)} for i in range(8)]
+    fit = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.975, "train_accuracy": 1.0})
+    top = [x.action for x in analyze(fit, 0.975, True, [], rows, c).recommendations if x.confidence == "high"]
+    assert top == ["increase:width", "increase:dropout", "increase:weight_decay"]
+    # A gap without a fit training set (train 0.95, val 0.90) is over-fitting too, but a wider
+    # model would fit it better still: regularize only.
+    gap = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.90, "train_accuracy": 0.95})
+    actions = [x.action for x in analyze(gap, 0.90, True, [], rows, c).recommendations]
+    assert "increase:dropout" in actions and "increase:width" not in actions
