@@ -22,13 +22,14 @@ import runpy
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 from ralph_ml.agents.builtin import toward
-from ralph_ml.config import Param
+from ralph_ml.config import load_config
 
-BESTS = [  # from bench/results/search_efficiency_2026-12-01-c.jsonl, digits seeds 5, 9 and 11, cycle 2
+# Cycle 2 of digits seeds 5, 9 and 11 in bench/results/search_efficiency_2026-12-01-c-before.jsonl
+# (the directed cycle 2 is the same in ..._2026-12-01-c.jsonl).
+BESTS = [
     dict(lr=0.00393, width=64, depth=1, dropout=0.0, weight_decay=1e-5, epochs=16, batch_size=128),
     dict(lr=0.0259, width=64, depth=1, dropout=0.0, weight_decay=1e-5, epochs=55, batch_size=128),
     dict(lr=0.00177, width=64, depth=1, dropout=0.0, weight_decay=1e-5, epochs=40, batch_size=128),
@@ -47,24 +48,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--draws", type=int, default=8, help="draws per best configuration and variant")
     args = ap.parse_args()
-    exp = Path(tempfile.mkdtemp()) / "digits"
+    tmp = tempfile.TemporaryDirectory()  # removed at exit
+    exp = Path(tmp.name) / "digits"
     subprocess.run([sys.executable, "-m", "ralph_ml", "init", str(exp), "--template", "digits"], check=True, capture_output=True)
     os.chdir(exp)
     sys.path.insert(0, str(exp))
     import numpy as np
     import prepare  # the template's frozen data and scoring
 
-    space = {k: Param(**v) for k, v in tomllib.loads((exp / "ralph.toml").read_text())["search_space"].items()}
+    space = load_config(exp / "ralph.toml").search_space
     _, _, _, y_val = prepare._split()
 
     def score(params: dict[str, object], seed: int) -> float:
-        d = tempfile.mkdtemp()
-        Path(d, "params.json").write_text(json.dumps(params))
-        os.environ.update(RALPH_PARAMS=f"{d}/params.json", RALPH_SEED=str(seed), RALPH_CHECKPOINT_DIR=d,
-                          RALPH_METRICS_PATH=f"{d}/metrics.json", RALPH_PROGRESS_PATH=f"{d}/progress.jsonl")
-        with contextlib.redirect_stdout(io.StringIO()):
-            runpy.run_path("train.py", run_name="__main__")
-        return float((np.load(Path(d, prepare.PREDICTIONS_FILE)).argmax(1) == y_val).mean())
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "params.json").write_text(json.dumps(params))
+            os.environ.update(RALPH_PARAMS=f"{d}/params.json", RALPH_SEED=str(seed), RALPH_CHECKPOINT_DIR=d,
+                              RALPH_METRICS_PATH=f"{d}/metrics.json", RALPH_PROGRESS_PATH=f"{d}/progress.jsonl")
+            with contextlib.redirect_stdout(io.StringIO()):
+                runpy.run_path("train.py", run_name="__main__")
+            return float((np.load(Path(d, prepare.PREDICTIONS_FILE)).argmax(1) == y_val).mean())
 
     print(f"| move from the over-fit best | met {TARGET} | median val_accuracy |\n|---|---:|---:|")
     for name, moves in VARIANTS.items():
