@@ -56,6 +56,18 @@ def _check_preload(cfg: Config, rep: CheckReport) -> None:
         )
 
 
+def _check_pruning(cfg: Config, rep: CheckReport) -> None:
+    """A pruner fed a training metric works against regularization: say so before it runs."""
+    metric = cfg.pruning.metric or cfg.target.name
+    if cfg.pruning.pruner == "none" or not metric.lower().startswith("train"):
+        return
+    rep.warnings.append(
+        f"pruning.metric = {metric!r} is a training metric: the pruner will stop configurations that regularize "
+        "(more dropout or weight decay raise the training loss at every step) however well they generalize. "
+        "Report a validation metric from train.py (trial.report(step, val_loss=...)) and prune on it; "
+        "the README's search benchmark shows what pruning on train_loss cost")
+
+
 def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport, will_write: tuple[str, ...] = ()) -> None:
     try:
         argv = shlex.split(cmd)
@@ -113,6 +125,7 @@ def check_workspace(cfg: Config) -> CheckReport:
         _check_cmd("prepare_cmd", cfg.execution.prepare_cmd, ws, rep)
     if cfg.execution.preload:
         _check_preload(cfg, rep)
+    _check_pruning(cfg, rep)
     if not cfg.search_space:
         rep.warnings.append("search_space is empty: the builtin agent can only run the code once")
     if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:

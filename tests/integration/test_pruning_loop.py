@@ -59,3 +59,13 @@ def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp
     assert "forecast" in second["result"]["message"]
     rows = (root / "runs" / "cycle_0002" / "progress.jsonl").read_text().splitlines()
     assert len(rows) < 20  # it ignored the request and was terminated before the end
+
+
+def test_validate_warns_when_the_pruner_is_fed_a_training_metric(exp) -> None:  # type: ignore[no-untyped-def]
+    on_train = exp(CURVE, space=SPACE, extra={"pruning": {"pruner": "median", "metric": "train_loss", "direction": "minimize"}})
+    out = ralph(on_train, "validate")
+    assert out.returncode == 0, out.stdout + out.stderr  # a warning, not an error
+    text = " ".join((out.stdout + out.stderr).split())
+    assert "pruning.metric = 'train_loss' is a training metric" in text and "prune on it" in text
+    on_val = exp(CURVE, space=SPACE, extra={"pruning": {"pruner": "median"}})  # the target metric, val_accuracy
+    assert "is a training metric" not in ralph(on_val, "validate").stdout
