@@ -89,7 +89,10 @@ def _row_text(page: Page, cycle: int) -> str | None:
 
 
 def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: Any) -> None:
-    root = make_experiment(tmp_path / "exp", SLOW, target=1.5, space=SPACE, safeguards={"max_cycles": 6})
+    # Enough cycles to outlast Chromium's first start on a loaded machine (6 were not: the run had
+    # ended before the page opened); the test stops the loop when it is done.
+    root = make_experiment(tmp_path / "exp", SLOW, target=1.5, space=SPACE,
+                           safeguards={"max_cycles": 60, "no_improvement_stop_cycles": 60})
     loop = ralph_bg(root, "start")
     try:
         url = dashboard(root)
