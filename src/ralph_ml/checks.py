@@ -58,7 +58,7 @@ def _check_preload(cfg: Config, rep: CheckReport) -> None:
 
 def _check_pruning(cfg: Config, rep: CheckReport) -> None:
     """A pruner fed a training metric works against regularization: say so before it runs."""
-    metric = cfg.pruning.metric or cfg.target.name
+    metric = cfg.pruning_metric
     if cfg.pruning.pruner == "none" or not metric.lower().startswith("train"):
         return
     rep.warnings.append(

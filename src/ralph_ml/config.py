@@ -427,6 +427,11 @@ class Config(_Model):
         return self.project.target_metric
 
     @property
+    def pruning_metric(self) -> str:
+        """The progress key the pruner reads: ``pruning.metric``, else the target metric."""
+        return self.pruning.metric or self.target.name
+
+    @property
     def agent_name(self) -> str:
         return self.agents.opencode_model if self.agents.code_model == "builtin" and self.agents.opencode_model else self.agents.code_model
 

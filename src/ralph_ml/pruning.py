@@ -128,7 +128,7 @@ class TrialPruner:
         pc = cfg.pruning
         self.cfg = cfg
         self.kind = pc.pruner
-        self.metric = pc.metric or cfg.target.name
+        self.metric = cfg.pruning_metric
         if pc.direction is not None:
             self.direction = pc.direction
         elif self.metric == cfg.target.name:
