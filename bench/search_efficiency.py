@@ -15,7 +15,8 @@ Strategies (--strategies picks some):
 
   ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, following
                the analysis's diagnosis, TPE), K=1, warm starts (the template's execution.preload)
-  ralph-prune  the same with the median pruner on the trials' progress reports
+  ralph-prune  the same with the median pruner on the trials' validation curves (the
+               templates report val_accuracy each epoch; the pruner reads the target metric)
   ralph-k2     the same as ralph with two trials at once
   ralph-cold   the same as ralph with a fresh interpreter per command (execution.preload = [])
   tpe          plain Optuna TPE (agent plugin bench_agents:TPE), a fresh interpreter per
@@ -46,7 +47,7 @@ TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
 COLD = {"preload": "[]"}  # replaces the template's execution.preload line
 STRATEGIES: dict[str, dict[str, str]] = {
     "ralph": {},
-    "ralph-prune": {"pruning": 'pruner = "median"\nmetric = "train_loss"\ndirection = "minimize"\nn_startup_trials = 3\nn_warmup_steps = 4\ngrace_s = 2'},
+    "ralph-prune": {"pruning": 'pruner = "median"\nn_startup_trials = 3\nn_warmup_steps = 4\ngrace_s = 2'},
     "ralph-k2": {"execution": "max_concurrency = 2\ncpus_per_trial = 1"},
     "ralph-cold": COLD,
     "tpe": {"agents": 'code_model = "bench_agents:TPE"', **COLD},

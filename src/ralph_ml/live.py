@@ -164,6 +164,8 @@ class RunView:
             self.trials[self.cycle].ended = f"{ev.get('status')} in {float(ev.get('duration_s', 0)):.1f} s"
         elif kind == "prune":
             self.note = f"pruning cycle {ev.get('cycle')} at step {ev.get('step')}"
+        elif kind == "prune_late":
+            self.note = f"cycle {ev.get('cycle')} had finished before the stop request: its result is kept"
         elif kind == "manual":
             self.note = f"manual {ev.get('action')}"
         elif kind == "recovered":

@@ -591,6 +591,11 @@ class Loop:
             self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
         f.handle = None
         if self.pruner is not None and f.prune is not None:
+            if f.prune_verdict is not None and self._finished_first(f):
+                # Every step it reported was in before the stop request: it ran to its own end
+                # (a trial faster than the pruner's poll), so its complete result is recorded.
+                self.emit("prune_late", {"cycle": f.cycle, "step": f.prune_verdict.step})
+                f.prune_verdict = None
             if f.prune_verdict is not None:
                 f.result = replace(
                     f.result,
@@ -601,6 +606,14 @@ class Loop:
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)
             f.pruner_saw = True
+
+    @staticmethod
+    def _finished_first(f: Flight) -> bool:
+        """A trial asked to stop that ended ok without reporting another step had already
+        finished its steps when the request came (a stopped trial leaves at a report).
+        Terminated trials, which did not listen, are never ok."""
+        assert f.result is not None
+        return f.result.status is TrialStatus.OK and f.reader is not None and not f.reader.new_rows()
 
     def _collect(self, f: Flight) -> Decision:
         assert f.result is not None

@@ -25,7 +25,7 @@ __all__ = ["build_trace", "write_timeline"]
 _LOOP_TID = 1  # the loop's own phases: one at a time
 _LANE_TID = 10  # + lane: one row per cycle in flight (parallel trials overlap)
 _US = 1_000_000.0
-_INSTANTS = ("run_stopped", "guard", "manual", "recovered", "pruned")
+_INSTANTS = ("run_stopped", "guard", "manual", "recovered", "prune", "prune_late")
 
 
 def _span(name: str, cat: str, start: float, end: float, pid: int, tid: int, args: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def build_trace(events: list[dict[str, Any]], stopped: dict[str, Any] | None = N
         elif kind in _INSTANTS:
             if kind == "run_stopped":
                 sess.close(ts)
-            args = {k: v for k, v in ev.items() if k in ("cycle", "status", "verdict", "action", "how", "exit_code")}
+            args = {k: v for k, v in ev.items() if k in ("cycle", "status", "verdict", "action", "how", "exit_code", "step", "reason")}
             if kind == "run_stopped":
                 args["reason"] = (ev.get("decision") or {}).get("reason")
             out.append({"name": kind, "cat": "event", "ph": "i", "s": "p", "ts": round(ts * _US), "pid": sess.pid, "tid": _LOOP_TID, "args": args})

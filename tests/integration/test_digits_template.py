@@ -91,6 +91,19 @@ def test_evaluate_scores_logits_and_probabilities_alike() -> None:
     assert np.isnan(diverged["val_accuracy"]) and np.isnan(diverged["val_loss"])
 
 
+def test_score_val_scores_against_the_held_out_labels_and_names_a_wrong_shape() -> None:
+    import numpy as np
+
+    prepare = types.ModuleType("digits_prepare")
+    exec(compile((TEMPLATE / "prepare.py").read_text(), str(TEMPLATE / "prepare.py"), "exec"), prepare.__dict__)
+    _, _, _, y_val = prepare._split()
+    perfect = np.eye(prepare.NUM_CLASSES)[y_val] * 10.0  # logits that put every image in its class
+    assert prepare.score_val(perfect)["val_accuracy"] == 1.0
+    assert prepare.score_val(np.roll(perfect, 1, axis=1))["val_accuracy"] == 0.0
+    with pytest.raises(ValueError, match=r"has shape \(10, 10\).*expected a numeric array of shape \(360, 10\)"):
+        prepare.score_val(np.zeros((10, 10)))
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_writes_metrics_and_progress(workspace: tuple[Path, Path], tmp_path: Path) -> None:
     code, cycle_dir = workspace
@@ -113,6 +126,10 @@ def test_train_then_evaluate_writes_metrics_and_progress(workspace: tuple[Path, 
     progress = [json.loads(line) for line in (cycle_dir / "progress.jsonl").read_text().splitlines()]
     assert [p["step"] for p in progress] == list(range(1, EPOCHS + 1))
     assert all("train_loss" in p and "train_accuracy" in p for p in progress)
+    # The validation curve comes from prepare.score_val; its last point is the cycle's result.
+    assert all(0.0 <= p["val_accuracy"] <= 1.0 and p["val_loss"] > 0 for p in progress)
+    assert progress[-1]["val_accuracy"] == pytest.approx(result["val_accuracy"])
+    assert progress[-1]["val_loss"] == pytest.approx(result["val_loss"], rel=1e-5)
     assert {p.name for p in (cycle_dir / "checkpoints").iterdir()} == {"val_scores.npy", "model.pt"}
     assert not (code / "metrics.json").exists()  # nothing written outside the cycle folder
 

@@ -126,6 +126,18 @@ def test_evaluate_scores_logits_and_probabilities_alike() -> None:
     assert np.isnan(diverged["val_accuracy"]) and np.isnan(diverged["val_loss"])
 
 
+def test_score_val_scores_against_the_held_out_labels_and_names_a_wrong_shape(data_dir: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALPH_DATA_DIR", str(data_dir))
+    prepare = load_prepare()
+    y_val = prepare._load()["y_val"]
+    perfect = np.eye(prepare.NUM_CLASSES)[y_val] * 10.0  # logits that put every signal in its class
+    assert prepare.score_val(perfect)["val_accuracy"] == 1.0
+    assert prepare.score_val(np.roll(perfect, 1, axis=1))["val_accuracy"] == 0.0
+    with pytest.raises(ValueError, match=r"has shape \(10, 10\).*expected a numeric array of shape \(1000, 10\)"):
+        prepare.score_val(np.zeros((10, 10)))
+
+
 # --------------------------------------------------------------------------- the data
 
 
@@ -192,6 +204,10 @@ def test_train_then_evaluate_writes_metrics_and_progress(workspace: tuple[Path, 
     assert [p["step"] for p in rows] == [1, 2, 3, 4]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["lr"] < rows[0]["lr"]  # the cosine schedule decays
+    # The validation curve comes from prepare.score_val; its last point is the cycle's result.
+    assert all(0.0 <= p["val_accuracy"] <= 1.0 and p["val_loss"] > 0 for p in rows)
+    assert rows[-1]["val_accuracy"] == pytest.approx(result["val_accuracy"])
+    assert rows[-1]["val_loss"] == pytest.approx(result["val_loss"], rel=1e-5)
     assert {p.name for p in (cycle_dir / "checkpoints").iterdir()} == {"val_scores.npy", "model.pt"}
     assert (data_dir / "mnist1d").is_dir()  # the data went to RALPH_DATA_DIR ...
     assert not (code / "metrics.json").exists() and not (code / "data").exists()  # ... nothing into the code

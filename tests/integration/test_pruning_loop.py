@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import pytest
 from conftest import ralph, recorded
 
 CURVE = """
@@ -61,6 +64,38 @@ def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp
     assert len(rows) < 20  # it ignored the request and was terminated before the end
 
 
+
+FAST_THEN_EVAL = """
+import math, time
+from ralph_ml import trial
+p = trial.params({"x": 0.7})
+top = 1 - (p["x"] - 0.7) ** 2
+for step in range(20):  # every step reported at once, faster than the loop polls ...
+    acc = top * (1 - math.exp(-(step + 1) / 3))
+    trial.report(step, val_accuracy=acc)
+time.sleep(1.5)  # ... then a long evaluation: the verdict arrives after the last step
+trial.log_metrics(val_accuracy=acc)
+"""
+
+
+def test_a_trial_that_finished_its_steps_before_the_verdict_keeps_its_result(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(FAST_THEN_EVAL, target=1.5, space={"x": {"type": "categorical", "choices": [0.7, 0.0], "default": 0.7}},
+               safeguards={"max_cycles": 2},
+               extra={"pruning": {"pruner": "median", "n_startup_trials": 1, "n_warmup_steps": 3, "grace_s": 10}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    first, second = recorded(root)
+    assert second["proposal"]["params"] == {"x": 0.0}
+    # The pruner did judge it (its curve is below the baseline's) ...
+    events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
+    assert [e["cycle"] for e in events if e["kind"] == "prune"] == [2]
+    assert [e["cycle"] for e in events if e["kind"] == "prune_late"] == [2]
+    # ... but the trial had run every step: its complete result is recorded, not thrown away.
+    assert second["result"]["status"] == "ok", second["result"]
+    assert second["metric"] == pytest.approx(0.51 * (1 - math.exp(-20 / 3)))
+    assert second["verdict"] == "discarded" and first["kept"]
+
+
 def test_validate_warns_when_the_pruner_is_fed_a_training_metric(exp) -> None:  # type: ignore[no-untyped-def]
     on_train = exp(CURVE, space=SPACE, extra={"pruning": {"pruner": "median", "metric": "train_loss", "direction": "minimize"}})
     out = ralph(on_train, "validate")
@@ -69,3 +104,38 @@ def test_validate_warns_when_the_pruner_is_fed_a_training_metric(exp) -> None:  
     assert "pruning.metric = 'train_loss' is a training metric" in text and "prune on it" in text
     on_val = exp(CURVE, space=SPACE, extra={"pruning": {"pruner": "median"}})  # the target metric, val_accuracy
     assert "is a training metric" not in ralph(on_val, "validate").stdout
+
+
+
+@pytest.mark.slow
+def test_the_digits_template_is_pruned_on_its_validation_curve(tmp_path: Path) -> None:
+    """The template reports val_accuracy each epoch (prepare.score_val), so `pruner = "median"`
+    with no metric prunes a real PyTorch trial on the target metric's curve."""
+    pytest.importorskip("torch", reason="the digits template trains with PyTorch: pip install 'ralph-ml[templates]'")
+    assert ralph(tmp_path, "init", "exp", "--template", "digits").returncode == 0
+    root = tmp_path / "exp"
+    cfg = root / "ralph.toml"
+    text = cfg.read_text().replace("value = 0.98", "value = 0.999")  # out of reach: both cycles run
+    text = text.replace("max_cycles = 12", "max_cycles = 2")
+    # Cycle 1 a good learning rate, cycle 2 a hopeless one, both 60 epochs of batch 32 (a few
+    # seconds: slow enough for the pruner to catch the second one mid-way).
+    space = {"lr": [0.003, 0.00001], "epochs": [60], "batch_size": [32]}  # the first choice is the default
+    text = text[: text.index("[search_space.")] + "".join(
+        f'[search_space.{name}]\ntype = "categorical"\nchoices = {choices}\ndefault = {choices[0]}\n\n'
+        for name, choices in space.items())
+    cfg.write_text(text + '[pruning]\npruner = "median"\nn_startup_trials = 1\nn_warmup_steps = 3\ngrace_s = 2\n')
+    proc = ralph(root, "start", "--plain", timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    first, second = recorded(root)
+    assert first["result"]["status"] == "ok" and first["proposal"]["params"]["lr"] == 0.003
+    assert second["proposal"]["params"]["lr"] == 0.00001
+    assert second["result"]["status"] == "pruned", second["result"]
+    assert "val_accuracy" in second["result"]["message"]
+    rows = [json.loads(line) for line in (root / "runs" / "cycle_0002" / "progress.jsonl").read_text().splitlines()]
+    assert 3 <= len(rows) < 60  # past the warm-up, short of the 60 epochs
+    ahead = [json.loads(line) for line in (root / "runs" / "cycle_0001" / "progress.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_accuracy"] < ahead[len(rows) - 1]["val_accuracy"]  # behind the baseline at the same epoch
+    # The report's timeline marks the stop request, with its step and reason.
+    trace = json.loads((root / "reports" / "timeline.json").read_text())["traceEvents"]
+    (mark,) = [e for e in trace if e["name"] == "prune"]
+    assert mark["ph"] == "i" and mark["args"]["cycle"] == 2 and "val_accuracy" in mark["args"]["reason"]

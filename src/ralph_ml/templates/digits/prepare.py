@@ -10,11 +10,13 @@ It owns the two things that make results comparable across cycles:
 
 Usage:
     from prepare import load_train, load_val_inputs   # in train.py
+    trial.report(epoch, **score_val(model_scores))    # in train.py: the validation curve
     python prepare.py evaluate                        # after train.py (eval_cmd)
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -91,6 +93,39 @@ def score(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"val_accuracy": float(accuracy), "val_loss": float(loss)}
 
 
+def _shape_problem(scores: np.ndarray, expected: tuple[int, int]) -> str | None:
+    if scores.shape == expected and np.issubdtype(scores.dtype, np.number):
+        return None
+    return (
+        f"has shape {scores.shape} and dtype {scores.dtype}; expected a numeric array of shape "
+        f"{expected}: one row of {NUM_CLASSES} class scores per image of load_val_inputs(), in "
+        "the same order."
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _val_labels() -> np.ndarray:
+    labels = _split()[3]
+    labels.setflags(write=False)
+    return labels
+
+
+def score_val(scores: np.ndarray) -> dict[str, float]:
+    """val_accuracy and val_loss of scores for load_val_inputs(), to report while training.
+
+    train.py calls it each epoch and passes the result to ``trial.report``, so the pruner
+    and the analysis see the validation curve while the labels stay in this file. The
+    cycle's result is still what ``python prepare.py evaluate`` scores from the saved
+    predictions.
+    """
+    scores = np.asarray(scores)
+    labels = _val_labels()
+    problem = _shape_problem(scores, (len(labels), NUM_CLASSES))
+    if problem:
+        raise ValueError(f"score_val: the scores {problem}")
+    return score(scores, labels)
+
+
 def evaluate() -> int:
     """Score the predictions train.py saved; merge them into metrics.json. Returns exit code."""
     from ralph_ml import trial
@@ -111,13 +146,9 @@ def evaluate() -> int:
     except (OSError, ValueError) as exc:
         print(f"prepare.py evaluate: {path} is not a readable .npy array ({exc}).", file=sys.stderr)
         return 1
-    if scores.shape != expected or not np.issubdtype(scores.dtype, np.number):
-        print(
-            f"prepare.py evaluate: {path} has shape {scores.shape} and dtype {scores.dtype}; "
-            f"expected a numeric array of shape {expected}: one row of {NUM_CLASSES} class "
-            "scores per image of load_val_inputs(), in the same order.",
-            file=sys.stderr,
-        )
+    problem = _shape_problem(scores, expected)
+    if problem:
+        print(f"prepare.py evaluate: {path} {problem}", file=sys.stderr)
         return 1
     metrics = score(scores, y_val)
     trial.log_metrics(**metrics)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prepare import NUM_CLASSES, NUM_FEATURES, PREDICTIONS_FILE, load_train, load_val_inputs
+from prepare import NUM_CLASSES, NUM_FEATURES, PREDICTIONS_FILE, load_train, load_val_inputs, score_val
 from ralph_ml import trial
 
 # ---------------------------------------------------------------------------- hyperparameters
@@ -83,8 +83,13 @@ for epoch in range(1, epochs + 1):
     # Averages over the epoch, measured while the weights moved (and with dropout on).
     train_loss = loss_sum / num_train
     train_accuracy = correct / num_train
-    print(f"epoch {epoch:3d}/{epochs} | train_loss {train_loss:.4f} | train_accuracy {train_accuracy:.4f}")
-    if trial.report(epoch, train_loss=train_loss, train_accuracy=train_accuracy):
+    # The validation curve (prepare.py holds the labels): what the pruner and the analysis read.
+    model.eval()
+    with torch.no_grad():
+        val = score_val(model(X_val).numpy())
+    print(f"epoch {epoch:3d}/{epochs} | train_loss {train_loss:.4f} | train_accuracy {train_accuracy:.4f} "
+          f"| val_loss {val['val_loss']:.4f} | val_accuracy {val['val_accuracy']:.4f}")
+    if trial.report(epoch, train_loss=train_loss, train_accuracy=train_accuracy, **val):
         print(f"stop requested by the loop after epoch {epoch}")
         break
 
