@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from .analysis import read_progress
 from .config import Config
+from .journal import cycle_folder
 from .records import CycleRecord, Direction, TrialStatus
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,7 +157,7 @@ class TrialPruner:
     # -- history ---------------------------------------------------------------------------
     def observe(self, rec: CycleRecord) -> None:
         """Add a finished cycle's learning curve (read from its progress.jsonl)."""
-        points = read_curve(self.runs_dir / f"cycle_{rec.cycle:04d}", self.metric)
+        points = read_curve(self.runs_dir / cycle_folder(rec.cycle), self.metric)
         if not points:
             return
         ok = rec.result.status is TrialStatus.OK
@@ -177,13 +178,13 @@ class TrialPruner:
     # -- running trials ----------------------------------------------------------------------
     def start(self, params: Mapping[str, Any]) -> PruneSession:
         pc = self.cfg.pruning
-        last = pc.max_steps
+        planned = None
         if pc.max_steps_param and pc.max_steps_param in params:
             try:
-                last = int(params[pc.max_steps_param]) - 1  # steps are 0-based epochs
+                planned = int(params[pc.max_steps_param])
             except (TypeError, ValueError):
-                last = pc.max_steps
-        return PruneSession(trial=self.study.ask(), last_step=last)
+                planned = None
+        return PruneSession(trial=self.study.ask(), last_step=pc.max_steps, planned_steps=planned)
 
     def update(self, session: PruneSession, rows: Sequence[Mapping[str, Any]]) -> PruneVerdict:
         new = curve(rows, self.metric)
@@ -211,7 +212,7 @@ class TrialPruner:
         return PruneVerdict(False)
 
     def _forecast_verdict(self, session: PruneSession, step: int) -> PruneVerdict:
-        last = session.last_step
+        last = session.last()
         if self.best_final is None or last is None or step >= last:
             return PruneVerdict(False)
         fc = forecast(session.points, last)
@@ -242,5 +243,14 @@ class PruneSession:
     """One running trial as the pruner sees it."""
 
     trial: optuna.trial.Trial
-    last_step: int | None
+    last_step: int | None  # pruning.max_steps
+    planned_steps: int | None = None  # the value of pruning.max_steps_param (e.g. epochs), when set
     points: dict[int, float] = field(default_factory=dict)
+
+    def last(self) -> int | None:
+        """The planned last step: ``planned_steps`` steps numbered from the first one reported
+        (0 for ``range(epochs)``, 1 for ``range(1, epochs + 1)``), else ``max_steps``."""
+        if self.planned_steps is None:
+            return self.last_step
+        first = 0 if self.points and min(self.points) <= 0 else 1
+        return first + self.planned_steps - 1

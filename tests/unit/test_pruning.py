@@ -63,6 +63,17 @@ def test_forecast_pruner_only_stops_when_it_cannot_win(tmp_path: Path) -> None:
     assert not any(p.update(s, [{"step": i, "acc": close[i]}]).prune for i in range(6))
 
 
+def test_forecast_reads_the_last_step_from_the_epochs_param_in_the_trials_numbering(tmp_path: Path) -> None:
+    history = [write_curve(tmp_path, 1, saturating(0.9))]
+    p = TrialPruner(cfg(pruner="forecast", n_warmup_steps=3, max_steps_param="epochs"), history, tmp_path)
+    hopeless = saturating(0.4)
+    for first in (0, 1):  # range(epochs) and range(1, epochs + 1): 10 epochs end at step 9 and 10
+        s = p.start({"epochs": 10})
+        verdict = next(v for v in (p.update(s, [{"step": first + i, "acc": hopeless[i]}]) for i in range(6)) if v.prune)
+        assert f"at step {first + 9} " in verdict.reason, verdict.reason
+        p.finish(s, True, None)
+
+
 def test_nan_in_the_curve_prunes_at_once(tmp_path: Path) -> None:
     p = TrialPruner(cfg(pruner="median"), [], tmp_path)
     s = p.start({})
