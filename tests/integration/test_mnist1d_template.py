@@ -265,6 +265,31 @@ def test_time_spent_waiting_does_not_use_the_cpu_budget(workspace: tuple[Path, P
 
 
 @pytest.mark.slow
+def test_a_configuration_within_the_budget_trains_the_same_model_however_slow_its_first_step(
+        workspace: tuple[Path, Path], data_dir: Path) -> None:
+    """Only a configuration projected to overrun the CPU budget looks at the clock, so a slow
+    first step (a cold interpreter's first optimizer step imports torch._dynamo, about a CPU-
+    second) or a slow machine cannot change the learning-rate schedule of any other one."""
+    code, cycle_dir = workspace
+    params = {"arch": "cnn", "epochs": 3, "width": 16, "batch_size": 256}
+    train(code, cycle_dir, data_dir, params)
+    source = (code / "train.py").read_text()
+    burn = ("        optimizer.step()\n        if step == 0:  # one CPU-second more in the first step\n"
+            "            burn_from = time.process_time()\n            while time.process_time() - burn_from < 1.0:\n"
+            "                pass\n")
+    assert source.count("        optimizer.step()\n") == 1
+    (code / "train.py").write_text(source.replace("        optimizer.step()\n", burn))
+    slow_dir = cycle_dir.parent / "cycle_0002"
+    slow_dir.mkdir()
+    train(code, slow_dir, data_dir, params)
+    first = json.loads((slow_dir / "metrics.json").read_text())["result"]
+    assert first["train_cpu_seconds"] >= 1.0  # the burn did happen
+    assert [r["lr"] for r in progress(slow_dir)] == [r["lr"] for r in progress(cycle_dir)]
+    assert np.array_equal(np.load(slow_dir / "checkpoints" / "val_scores.npy"),
+                          np.load(cycle_dir / "checkpoints" / "val_scores.npy"))
+
+
+@pytest.mark.slow
 def test_evaluate_without_predictions_fails_with_a_clear_message(workspace: tuple[Path, Path], data_dir: Path) -> None:
     code, cycle_dir = workspace
     evaluate = run(["prepare.py", "evaluate"], code, trial_env(cycle_dir, data_dir, {}))
