@@ -316,12 +316,14 @@ def _header(view: RunView, now: float) -> Panel:
     return Panel(t, title=title, title_align="left", subtitle=sub, subtitle_align="right", border_style="blue")
 
 
-def _progress_row(t: TrialView, width: int, now: float) -> list[RenderableType]:
-    """[unit, bar, done/total, latest metrics and timing] (one line: the last cell is cut to fit)."""
+def _progress_row(t: TrialView, width: int, now: float, target: str) -> list[RenderableType]:
+    """[unit, bar, done/total, latest metrics and timing] (one line: the last cell is cut to fit).
+    The target metric comes first among the metrics, when the trial reports it."""
     prog = t.prog()
     tail = Text(no_wrap=True, overflow="ellipsis", style="dim")
     if prog is not None:
-        tail.append("  ".join(f"{k} {fmt_metric(v)}" for k, v in list(prog.latest.items())[:4]) + "   ")
+        latest = sorted(prog.latest.items(), key=lambda kv: kv[0] != target)  # stable: the rest keep their order
+        tail.append("  ".join(f"{k} {fmt_metric(v)}" for k, v in latest[:4]) + "   ")
     tail.append(_timing(t, now))
     if prog is not None and prog.total:
         return [Text(prog.unit), ProgressBar(total=prog.total, completed=prog.done, width=min(32, max(10, width // 4))),
@@ -347,13 +349,13 @@ def _trial(view: RunView, now: float, log_lines: int, width: int) -> Panel:
     params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
     body.append(Text(params or "(no params)", style="dim", overflow="ellipsis", no_wrap=True))
     line = Table.grid(padding=(0, 1))
-    line.add_row(*_progress_row(t, width, now))
+    line.add_row(*_progress_row(t, width, now, view.target_name))
     body.append(line)
     others = sorted((o for o in view.trials.values() if o is not t), key=lambda o: o.cycle)
     if others:  # parallel trials: one line each
         grid = Table.grid(padding=(0, 1))
         for o in others[:4]:
-            grid.add_row(Text(f"cycle {o.cycle}", style="cyan"), *_progress_row(o, width, now))
+            grid.add_row(Text(f"cycle {o.cycle}", style="cyan"), *_progress_row(o, width, now, view.target_name))
         body.append(grid)
         log_lines -= min(4, len(others))
     logs = view.cycle_dir(t.cycle) / "logs"

@@ -33,7 +33,7 @@ p = trial.params({"x": 0.1, "epochs": 6})
 for e in range(1, p["epochs"] + 1):
     time.sleep(0.25)
     print(f"epoch {e}/{p['epochs']} marker-line loss={1.0 / e:.3f}", flush=True)
-    trial.report(e, train_loss=1.0 / e)
+    trial.report(e, train_loss=1.0 / e, lr=0.01, grad_norm=2.5, step_s=0.25, val_accuracy=0.4321)
 print(f"val_accuracy: {1 - (p['x'] - 0.7) ** 2:.6f}")
 """
 SPACE = {
@@ -126,6 +126,8 @@ def test_start_on_a_terminal_draws_the_live_view(tmp_path: Path) -> None:
         assert "target val_accuracy ≥ 1.5" in mid
         assert "best " in mid
         assert "trial · cycle" in mid and "x=0.1" in mid and "━" in mid
+        # the running trial's metrics, the target's first (reported last, it would be cut after four)
+        assert "val_accuracy 0.4321  train_loss" in mid and "step_s" not in mid
         assert "log tail" in mid
         assert "budgets" in mid and "used ·" in mid and "left" in mid and "elapsed" in mid
         assert "plateau" in mid and "tokens" in mid and "cost" in mid
