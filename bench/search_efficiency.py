@@ -103,8 +103,8 @@ def run_one(template: str, strategy: str, seed: int, max_cycles: int) -> dict[st
 def _header(template: str, seeds: list[int], max_cycles: int) -> None:
     print(f"\n## {template} (target from the template; budget {max_cycles} cycles; seeds {seeds})\n")
     print("| strategy | reached target | CPU-s to stop (median) | CPU-s to stop (mean) | CPU-s when reached (median) "
-          "| CPU-s per seed | best metric (median) | cycles (median) |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+          "| CPU-s per seed | best metric (median) | cycles (median) | wall s (median) | trials pruned |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
 
 
 def _row(strategy: str, rows: list[dict[str, Any]]) -> None:
@@ -113,7 +113,8 @@ def _row(strategy: str, rows: list[dict[str, Any]]) -> None:
     per_seed = " ".join(f"{c:.0f}" + ("" if r["reached"] else "*") for c, r in zip(cpu, rows))
     print(f"| {strategy} | {len(reached)}/{len(rows)} | {statistics.median(cpu):.0f} | {statistics.mean(cpu):.0f} | "
           f"{f'{statistics.median(reached):.0f}' if reached else 'n/a'} | {per_seed} | "
-          f"{statistics.median(float(r['best']) for r in rows):.4f} | {statistics.median(int(r['cycles']) for r in rows):.0f} |",
+          f"{statistics.median(float(r['best']) for r in rows):.4f} | {statistics.median(int(r['cycles']) for r in rows):.0f} | "
+          f"{statistics.median(float(r['wall_s']) for r in rows):.1f} | {sum(int(r['pruned']) for r in rows)} |",
           flush=True)
 
 
