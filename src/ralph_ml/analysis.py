@@ -173,6 +173,9 @@ def analyze(
         elif len(train_loss) >= 2 and train_loss[-1] > train_loss[0] * 0.9:
             notes.append("training loss barely moved: the learning rate may be too low or too high.")
             recs.add("medium", "tune the learning rate: training loss barely moved", lr, "increase")
+    peak = _peak(progress, target.name, target.dir.value == "maximize", cfg.safeguards.min_improvement_delta)
+    if peak is not None:
+        notes.append(peak)
     if metric is not None:
         if before.best_seen is not None:
             notes.insert(0, f"{target.name} = {metric:.6g} (best before: {before.best_seen:.6g}; target {target.describe()}).")
@@ -181,6 +184,22 @@ def analyze(
     if not recs.items:
         recs.add("low", "explore: no clear signal from the learning curve")
     return Analysis(diagnosis=diag, summary=" ".join(notes), recommendations=recs.ranked())
+
+
+def _peak(progress: Sequence[Mapping[str, Any]], name: str, maximize: bool, delta: float) -> str | None:
+    """A note when the trial's own curve of the target metric was better at an earlier step
+    than at its end, by more than ``delta`` and 0.1% (the curve of a validation target,
+    reported with ``trial.report``; smaller wobbles are noise)."""
+    points = [(r["step"], float(r[name])) for r in progress
+              if isinstance(r.get("step"), (int, float)) and isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+    if len(points) < 4:
+        return None
+    best_step, best = (max if maximize else min)(points, key=lambda p: p[1])
+    last_step, last = points[-1]
+    if best_step == last_step or abs(best - last) <= max(delta, 1e-3 * abs(best)):
+        return None
+    return (f"{name} peaked at {best:.4g} at step {best_step:g} and ended at {last:.4g} (step {last_step:g}): "
+            "the end of training lost what an earlier step had; fewer epochs or stopping at the best step would keep it.")
 
 
 def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:

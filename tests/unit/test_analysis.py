@@ -87,3 +87,15 @@ def test_a_fit_training_set_short_of_the_target_calls_for_a_wider_model_first() 
     gap = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.90, "train_accuracy": 0.95})
     actions = [x.action for x in analyze(gap, 0.90, True, [], rows, c).recommendations]
     assert "increase:dropout" in actions and "increase:width" not in actions
+
+
+def test_a_validation_curve_that_peaked_before_the_end_is_noted() -> None:
+    curve = [0.90, 0.95, 0.975, 0.981, 0.978, 0.972, 0.968]
+    rows = [{"step": i + 1, "train_loss": 1.0 / (i + 1), "val_accuracy": v} for i, v in enumerate(curve)]
+    r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.968})
+    a = analyze(r, 0.968, True, [], rows, cfg())
+    assert "val_accuracy peaked at 0.981 at step 4 and ended at 0.968 (step 7)" in a.summary
+    rising = [{**row, "val_accuracy": 0.9 + 0.01 * i} for i, row in enumerate(rows)]  # best at the end: nothing to say
+    assert "peaked" not in analyze(r, 0.96, True, [], rising, cfg()).summary
+    flat = [{**row, "val_accuracy": 0.968 + (0.0005 if i == 3 else 0.0)} for i, row in enumerate(rows)]  # within delta
+    assert "peaked" not in analyze(r, 0.968, True, [], flat, cfg()).summary
