@@ -24,8 +24,8 @@ Usage:
 
 from __future__ import annotations
 
-import hashlib
 import functools
+import hashlib
 import os
 import random
 import sys
