@@ -13,12 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from conftest import QUADRATIC, make_experiment, ralph, ralph_bg, recorded
+from conftest import QUADRATIC, journal_events, make_experiment, ralph, ralph_bg, recorded
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -73,14 +74,30 @@ def _get(url: str) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def _wait(pred: Any, timeout: float, what: str) -> Any:
+def _wait(pred: Any, timeout: float, what: str | Callable[[], str]) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}")
+
+
+def _api_log_has(url: str, text: str) -> bool:
+    code, body = _get(url + "api/runs")
+    if code != 200 or not body["runs"]:
+        return False
+    code, d = _get(url + f"api/runs/{body['runs'][0]['key']}")
+    return code == 200 and d["current"] is not None and any(text in ln for ln in d["current"]["stdout"])
+
+
+def _loop_story(root: Path, loop: subprocess.Popen[str]) -> str:
+    """What the loop did, for a timeout's message: exit code, journal event types, its output once it ended."""
+    events = [e["type"] for e in journal_events(root)] if (root / "state" / "journal.jsonl").exists() else "no journal"
+    rc = loop.poll()
+    out = "" if rc is None else f"; stdout: {loop.stdout.read()[-2000:]}; stderr: {loop.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+    return f"loop exit code {rc}, journal events {events}{out}"
 
 
 def _row_text(page: Page, cycle: int) -> str | None:
@@ -107,8 +124,15 @@ def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: 
             page.goto(url)
             page.wait_for_selector("#run-name", timeout=15_000)
             assert page.inner_text("#run-name") == "t"
-            # The running trial: its log tail and progress show while it runs.
-            page.wait_for_function("document.getElementById('log').textContent.includes('dashboard-marker')", timeout=15_000)
+            # The running trial: its log tail and progress show while it runs. The server has it first
+            # (a failure here is the loop's or the server's, and says which), then the page within seconds.
+            _wait(lambda: _api_log_has(url, "dashboard-marker"), 60,
+                  lambda: "a trial's log line in the API; " + _loop_story(root, loop))
+            try:
+                page.wait_for_function("document.getElementById('log').textContent.includes('dashboard-marker')", timeout=15_000)
+            except PlaywrightTimeout as e:
+                raise AssertionError(f"the page's log never showed the trial's output; page errors {errors}, "
+                                     f"connection {page.inner_text('#conn-text')!r}; {_loop_story(root, loop)}") from e
             # A cycle recorded by the loop after the page opened shows up within seconds.
             n0 = len(recorded(root))
             target = n0 + 1
