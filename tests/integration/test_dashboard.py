@@ -131,8 +131,12 @@ def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: 
             try:
                 page.wait_for_function("document.getElementById('log').textContent.includes('dashboard-marker')", timeout=15_000)
             except PlaywrightTimeout as e:
+                try:  # a page whose script hangs answers nothing: ask with a short timeout
+                    conn = repr(page.inner_text("#conn-text", timeout=2_000))
+                except PlaywrightTimeout:
+                    conn = "unknown (the page did not answer in 2 s: its script may hang)"
                 raise AssertionError(f"the page's log never showed the trial's output; page errors {errors}, "
-                                     f"connection {page.inner_text('#conn-text')!r}; {_loop_story(root, loop)}") from e
+                                     f"connection {conn}; {_loop_story(root, loop)}") from e
             # A cycle recorded by the loop after the page opened shows up within seconds.
             n0 = len(recorded(root))
             target = n0 + 1
@@ -158,6 +162,39 @@ def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: 
     finally:
         ralph(root, "stop")
         loop.wait(timeout=30)
+
+
+# A diverged trial: the same huge loss at every step, a flat curve.
+FLAT = """
+from ralph_ml import trial
+p = trial.params({"x": 0.1})
+for step in range(1, 4):
+    trial.report(step, train_loss=1e30)
+print("flat-marker")
+print(f"val_accuracy: {p['x']:.6f}")
+"""
+
+
+def test_a_flat_diverged_curve_draws_and_axis_ticks_end_past_float_precision(tmp_path: Path, dashboard: Any) -> None:
+    root = make_experiment(tmp_path / "exp", FLAT, target=1.5, safeguards={"max_cycles": 1})
+    assert ralph(root, "start").returncode == 2
+    url = dashboard(root)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector("#log", timeout=15_000)
+        # the log is drawn after the charts: it shows only if drawing the flat curve returned
+        page.wait_for_function("document.getElementById('log').textContent.includes('flat-marker')", timeout=10_000)
+        page.wait_for_selector("#curve-chart path", state="attached", timeout=5_000)
+        # Ticks for values whose spacing is below their float precision (a step counter past 2**53,
+        # a metric of 1e17 that moves by 16): a loop that adds the step to the tick never ends and
+        # freezes the page's script; counted by index they end.
+        page.wait_for_function("ticks(1e17, 1e17 + 16, 5).length >= 0 && ticks(2 ** 53, 2 ** 53, 5).length >= 0", timeout=5_000)
+        assert not errors, errors
+        browser.close()
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
