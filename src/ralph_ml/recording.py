@@ -187,7 +187,8 @@ def write_run_env(path: Path) -> None:
     """``state/env.json``: the Python, platform, host and installed packages the loop runs with."""
     from importlib import metadata
 
-    pkgs = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+    # One parse of each METADATA file (``d.version`` and each ``d.metadata`` parse it again).
+    pkgs = sorted(f"{md['Name']}=={md['Version']}" for md in (d.metadata for d in metadata.distributions()) if md["Name"])
     write_json_atomic(
         path,
         {
