@@ -18,17 +18,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-import optuna
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .analysis import read_progress
 from .config import Config
 from .journal import cycle_folder
 from .records import CycleRecord, Direction, TrialStatus
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -139,12 +137,17 @@ class TrialPruner:
             self.direction = Direction.MINIMIZE if any(h in low for h in ("loss", "error", "perplexity", "nll")) else Direction.MAXIMIZE
         self.n_warmup_steps = pc.n_warmup_steps
         self.runs_dir = runs_dir
+        import optuna  # here, not at the top: a run without pruning never imports it for this
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(direction=self.direction.value, pruner=self._optuna_pruner())
         self.best_final: float | None = None
         for rec in history:
             self.observe(rec)
 
     def _optuna_pruner(self) -> optuna.pruners.BasePruner:
+        import optuna
+
         pc = self.cfg.pruning
         if self.kind == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=pc.n_startup_trials, n_warmup_steps=pc.n_warmup_steps)
@@ -167,8 +170,10 @@ class TrialPruner:
         if ok and final is not None and math.isfinite(final):
             if self.best_final is None or self.direction.better(final, self.best_final):
                 self.best_final = final
+        from optuna.trial import TrialState, create_trial
+
         self.study.add_trial(
-            optuna.trial.create_trial(
+            create_trial(
                 state=TrialState.COMPLETE if (ok and final is not None and math.isfinite(final)) else TrialState.PRUNED,
                 value=final if (ok and final is not None and math.isfinite(final)) else None,
                 intermediate_values={s: v for s, v in points.items() if math.isfinite(v)},
@@ -230,6 +235,8 @@ class TrialPruner:
         )
 
     def finish(self, session: PruneSession, pruned: bool, final: float | None) -> None:
+        from optuna.trial import TrialState
+
         if pruned or final is None or not math.isfinite(final):
             self.study.tell(session.trial, state=TrialState.PRUNED)
             return

@@ -305,3 +305,60 @@ def test_resume_during_the_screen_proposes_what_an_uninterrupted_run_would() -> 
     resumed = drive(resumed_agent, c, list(first), 6, arch_score)
     assert [r.proposal.params for r in resumed] == [r.proposal.params for r in straight]
     assert len({tuple(sorted(r.proposal.params.items())) for r in straight}) == 8
+
+
+def test_the_tpe_study_built_late_holds_every_finished_cycle_and_samples_as_one_built_at_once() -> None:
+    """Optuna's study is built when TPE first proposes; the cycles finished before wait for it, in order."""
+    c = cfg(steer=True, screen=False)
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]
+    for cycle, lr in ((2, 2e-3), (3, 5e-3)):
+        h.append(record(cycle, {**BASE, "lr": lr}, 0.5 + cycle / 100, False, meta={"source": "analysis", "from_cycle": 1}))
+    h.append(record(4, {**BASE, "lr": 9.0}, 0.9, True))  # outside the space (it was edited): TPE skips it
+    h.append(CycleRecord(cycle=5, proposal=Proposal(params={**BASE, "lr": 3e-3}, rationale="", agent="builtin"),
+                         result=TrialResult(status=TrialStatus.FAILED), metric=None, kept=False, verdict="failed"))
+    eager, late = BuiltinAgent(c), BuiltinAgent(c)
+    assert len(eager.study.trials) == 0  # built before any cycle
+    for rec in h:
+        eager.observe(rec)
+        late.observe(rec)
+    assert late._study is None  # nothing has needed it yet
+    ctx = context(c, h[:1])
+    ctx = AgentContext(**{**ctx.__dict__, "cycle": 6, "history": tuple(h), "best": best_of(h[:3])})
+    ours, theirs = late.propose(ctx), eager.propose(ctx)
+    assert ours.meta["source"] == theirs.meta["source"] == "tpe"  # the directed tries are spent
+    assert ours.params == theirs.params
+    got = [(t.params["lr"], t.value, t.state.name) for t in late.study.trials]
+    assert got[:4] == [(1e-3, 0.6, "COMPLETE"), (2e-3, 0.52, "COMPLETE"), (5e-3, 0.53, "COMPLETE"), (3e-3, None, "FAIL")]
+    assert got == [(t.params["lr"], t.value, t.state.name) for t in eager.study.trials]
+
+
+def test_the_cli_and_a_run_that_never_needs_tpe_do_not_import_optuna() -> None:
+    """Its import is a few tenths of a CPU-second of every command and every run; the baseline,
+    the screen and the directed steps do without it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import ralph_ml.cli, ralph_ml.loop, ralph_ml.report
+from ralph_ml.agents import AgentContext, BuiltinAgent
+from ralph_ml.config import Config
+from ralph_ml.records import Analysis, CycleRecord, Recommendation, TrialResult, TrialStatus
+c = Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 2.0}}, "agents": {"steer": True},
+    "search_space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True, "default": 1e-3}}})
+agent = BuiltinAgent(c)
+def ctx(h):
+    return AgentContext(cycle=len(h) + 1, history=tuple(h), best=h[0] if h else None, last_analysis=None,
+                        search_space=c.search_space, target_name="acc", direction="maximize")
+first = agent.propose(ctx([]))
+adv = Analysis(diagnosis="underfitting", summary="", recommendations=(
+    Recommendation(action="increase:lr", rationale="", confidence="high", param="lr", direction="increase"),))
+rec = CycleRecord(cycle=1, proposal=first, result=TrialResult(status=TrialStatus.OK, metrics={"acc": 0.5}), metric=0.5,
+                  kept=True, verdict="kept", analysis=adv)
+agent.observe(rec)
+second = agent.propose(ctx([rec]))
+assert [first.meta["source"], second.meta["source"]] == ["baseline", "analysis"], (first.meta, second.meta)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "optuna"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -32,18 +32,16 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Mapping
-
-import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..config import Config, Param
 from ..errors import AgentError
 from ..records import CycleRecord, Proposal, TrialStatus
 from .base import Agent, AgentContext
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+    from optuna.distributions import BaseDistribution
 
 _RESAMPLE_TRIES = 20
 # The structure screen may take at most this share of safeguards.max_cycles: the rest is
@@ -54,6 +52,8 @@ _DIRECTED_TRIES = 2
 
 
 def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     out: dict[str, BaseDistribution] = {}
     for name, p in space.items():
         if p.type == "categorical":
@@ -129,45 +129,77 @@ class BuiltinAgent(Agent):
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.space = cfg.search_space
-        self.dists = distributions(self.space)
         self.seed = cfg.project.seed
         self.nominal = [name for name, p in self.space.items() if nominal(p)]  # in declared order
-        self.study = optuna.create_study(
-            direction="maximize" if cfg.target.dir.value == "maximize" else "minimize"
-        )
         self.tried: set[tuple[tuple[str, Any], ...]] = set()
+        # Optuna is imported, and the TPE study built, when TPE first proposes: the baseline,
+        # the screen and the directed steps do without it (its import is a few tenths of a
+        # CPU-second of every run, most of which stop before TPE). Until then the finished
+        # cycles wait here, in order, as (params, metric or None).
+        self._study: optuna.Study | None = None
+        self._dists: dict[str, BaseDistribution] | None = None
+        self._unseen: list[tuple[dict[str, Any], float | None]] = []
         # The TPE trials behind proposals in flight, told their result in observe().
         self._asked: dict[tuple[tuple[str, Any], ...], optuna.trial.Trial] = {}
 
+    @property
+    def dists(self) -> dict[str, BaseDistribution]:
+        if self._dists is None:
+            self._dists = distributions(self.space)
+        return self._dists
+
+    @property
+    def study(self) -> optuna.Study:
+        """The TPE study over every finished cycle, built on first use."""
+        if self._study is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            self._study = optuna.create_study(
+                direction="maximize" if self.cfg.target.dir.value == "maximize" else "minimize"
+            )
+            unseen, self._unseen = self._unseen, []
+            for params, metric in unseen:
+                self._add(params, metric)
+        return self._study
+
+    def _add(self, params: dict[str, Any], metric: float | None) -> None:
+        """Add one finished cycle to the study, unless it lies outside the current space (the space was edited)."""
+        from optuna.trial import TrialState, create_trial
+
+        try:
+            inside = all(self.dists[n]._contains(self.dists[n].to_internal_repr(v)) for n, v in params.items())
+        except Exception:  # a choice the space no longer declares, a string for a number, ...
+            inside = False
+        if not inside:
+            return
+        self.study.add_trial(create_trial(params=params, distributions=self.dists, value=metric,
+                                          state=TrialState.COMPLETE if metric is not None else TrialState.FAIL))
+
     # -- history -----------------------------------------------------------------------
     def observe(self, record: CycleRecord) -> None:
-        params = {k: v for k, v in record.proposal.params.items() if k in self.dists}
+        params = {k: v for k, v in record.proposal.params.items() if k in self.space}
         self.tried.add(_key(params))
-        if set(params) != set(self.dists):
+        if set(params) != set(self.space):
             return  # a partial proposal (e.g. from another agent) cannot inform TPE
-        try:
-            for name, value in params.items():
-                self.dists[name]._contains(self.dists[name].to_internal_repr(value))
-        except Exception:
-            return  # outside the current space (the space was edited): skip it
         ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
+        metric = record.metric if ok else None
         asked = self._asked.pop(_key(params), None)
         if asked is not None:
-            self.study.tell(asked, record.metric if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL)
-            return
-        self.study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions=self.dists,
-                value=record.metric if ok else None,
-                state=TrialState.COMPLETE if ok else TrialState.FAIL,
-            )
-        )
+            from optuna.trial import TrialState
+
+            self.study.tell(asked, metric, state=TrialState.COMPLETE if ok else TrialState.FAIL)
+        elif self._study is None:
+            self._unseen.append((params, metric))
+        else:
+            self._add(params, metric)
 
     # -- proposing ---------------------------------------------------------------------
     def _sampler(self, cycle: int, attempt: int) -> optuna.samplers.BaseSampler:
+        from optuna.samplers import TPESampler
+
         seed = (self.seed * 1_000_003 + cycle * 7_919 + attempt) % (2**32)
-        return optuna.samplers.TPESampler(
+        return TPESampler(
             seed=seed,
             n_startup_trials=self.cfg.agents.n_startup_trials,
             multivariate=True,
@@ -220,8 +252,8 @@ class BuiltinAgent(Agent):
         if ctx.best is None:
             base = baseline  # nothing scored yet (the baseline failed or is still running)
         else:
-            best = {k: v for k, v in ctx.best.proposal.params.items() if k in self.dists}
-            base = best if set(best) == set(self.dists) else ({**baseline, **best} if baseline is not None else None)
+            best = {k: v for k, v in ctx.best.proposal.params.items() if k in self.space}
+            base = best if set(best) == set(self.space) else ({**baseline, **best} if baseline is not None else None)
         if base is None:
             return None
         for name in self.nominal:
@@ -243,8 +275,8 @@ class BuiltinAgent(Agent):
         best = ctx.best
         if not self.cfg.agents.steer or best is None or best.analysis is None:
             return None
-        params = {k: v for k, v in best.proposal.params.items() if k in self.dists}
-        if set(params) != set(self.dists):
+        params = {k: v for k, v in best.proposal.params.items() if k in self.space}
+        if set(params) != set(self.space):
             return None  # a partial configuration (another agent's): nothing to move from
         recs = [r for r in best.analysis.recommendations
                 if r.param in self.space and r.direction in ("increase", "decrease") and r.confidence == "high"]
@@ -279,7 +311,7 @@ class BuiltinAgent(Agent):
                 raise AgentError("the search space is empty and the code has already run once; nothing new to propose")
             return Proposal(params={}, rationale="no search space declared: run the code as it is", agent=self.name)
         # In-flight configurations count as tried (parallel trials must differ).
-        self.tried |= {_key({k: v for k, v in p.params.items() if k in self.dists}) for p in ctx.pending}
+        self.tried |= {_key({k: v for k, v in p.params.items() if k in self.space}) for p in ctx.pending}
         baseline = self._baseline()
         if baseline is not None and _key(baseline) not in self.tried:
             self.tried.add(_key(baseline))
@@ -296,6 +328,8 @@ class BuiltinAgent(Agent):
             assert ctx.best is not None
             return Proposal(params=params, rationale=why, agent=self.name,
                             meta={"source": "analysis", "steered": True, "from_cycle": ctx.best.cycle})
+        from optuna.trial import TrialState
+
         for attempt in range(_RESAMPLE_TRIES):
             self.study.sampler = self._sampler(ctx.cycle, attempt)
             trial = self.study.ask(self.dists)
