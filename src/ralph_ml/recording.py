@@ -183,12 +183,31 @@ def run_state(
     }
 
 
+def _name_version(dist: Any) -> tuple[str | None, str | None]:
+    """A distribution's ``Name`` and ``Version``, read from its metadata's header lines.
+
+    ``dist.metadata`` runs the e-mail parser over the whole file (descriptions included): a
+    tenth of a CPU-second for 170 packages, at the start of every run. The two headers are
+    single lines before the first blank one (the core metadata format), so a scan suffices."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end here; the description follows
+        if name is None and line.startswith("Name:"):
+            name = line[5:].strip()
+        elif version is None and line.startswith("Version:"):
+            version = line[8:].strip()
+        if name and version:
+            break
+    return name or None, version
+
+
 def write_run_env(path: Path) -> None:
     """``state/env.json``: the Python, platform, host and installed packages the loop runs with."""
     from importlib import metadata
 
-    # One parse of each METADATA file (``d.version`` and each ``d.metadata`` parse it again).
-    pkgs = sorted(f"{md['Name']}=={md['Version']}" for md in (d.metadata for d in metadata.distributions()) if md["Name"])
+    pkgs = sorted(f"{name}=={version}" for name, version in map(_name_version, metadata.distributions()) if name)
     write_json_atomic(
         path,
         {
