@@ -80,6 +80,37 @@ def test_versioning_git_true_makes_the_folder_a_repo(exp) -> None:  # type: igno
 
 
 @pytest.mark.slow
+def test_resume_after_narrowing_the_search_space_proposes_inside_it(tmp_path: Path) -> None:
+    """A user narrows `lr` and `epochs` below what the best cycle used, then resumes: the run
+    goes on (it used to stop with Optuna's ValueError), and every new cycle lies in the new space."""
+    import re
+
+    assert ralph(tmp_path, "init", "exp", "--template", "digits").returncode == 0
+    root = tmp_path / "exp"
+    cfg = root / "ralph.toml"
+    cfg.write_text(cfg.read_text().replace("max_cycles = 12", "max_cycles = 2"))
+    first = ralph(root, "start", "--plain", timeout=600)
+    assert first.returncode == 2, first.stdout + first.stderr  # max_cycles, short of the target
+    base, second = (r["proposal"]["params"] for r in recorded(root))
+    assert second["lr"] > base["lr"] and second["epochs"] > base["epochs"]  # cycle 2 followed the diagnosis
+    lr_high, epochs_high = (base["lr"] * second["lr"]) ** 0.5, (base["epochs"] + second["epochs"]) // 2
+    text = cfg.read_text().replace("max_cycles = 2", "max_cycles = 4")
+    text = re.sub(r"(\[search_space\.lr\][^\[]*?high = )\S+", rf"\g<1>{lr_high!r}", text, flags=re.S)
+    text = re.sub(r"(\[search_space\.epochs\][^\[]*?high = )\S+", rf"\g<1>{epochs_high}", text, flags=re.S)
+    cfg.write_text(text)
+    assert ralph(root, "validate").returncode == 0
+    resumed = ralph(root, "resume", "--plain", timeout=600)
+    assert resumed.returncode in (0, 2, 3), resumed.stdout + resumed.stderr
+    recs = recorded(root)
+    assert [r["cycle"] for r in recs][:3] == [1, 2, 3]
+    for r in recs[2:]:
+        params = r["proposal"]["params"]
+        assert 1e-4 <= params["lr"] <= lr_high and 5 <= params["epochs"] <= epochs_high, (r["cycle"], params)
+    third = recs[2]["proposal"]
+    if third["meta"].get("from_cycle") == 2:  # moved from the best, which the edit left outside the space
+        assert "moved into the edited search space" in third["rationale"] and "`lr`" in third["rationale"]
+
+
 def test_digits_demo_improves_over_cycles(tmp_path: Path) -> None:
     """What `make demo` does, shortened: init the digits template and run the real loop."""
     assert ralph(tmp_path, "init", "demo", "--template", "digits").returncode == 0

@@ -8,7 +8,7 @@ import pytest
 from ralph_ml.agents import AgentContext, BuiltinAgent
 import random
 
-from ralph_ml.agents.builtin import nominal, screen_order, toward
+from ralph_ml.agents.builtin import inside, nominal, screen_order, toward
 from ralph_ml.errors import AgentError
 from ralph_ml.config import Config, Param
 from ralph_ml.decision import best_of, judge
@@ -362,3 +362,36 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "optuna"))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_inside_moves_a_value_into_the_current_range_and_keeps_one_already_there() -> None:
+    lr = Param(type="float", low=1e-4, high=1e-2, log=True, default=1e-3)
+    assert inside(lr, 2.6e-2) == 1e-2 and inside(lr, 1e-5) == 1e-4 and inside(lr, 3e-3) == 3e-3
+    epochs = Param(type="int", low=5, high=40, default=15)
+    assert inside(epochs, 55) == 40 and isinstance(inside(epochs, 55), int) and inside(epochs, 20) == 20
+    stepped = Param(type="float", low=0.0, high=0.5, step=0.1, default=0.0)
+    assert inside(stepped, 0.9) == 0.5 and abs(inside(stepped, 0.27) - 0.3) < 1e-12
+    opt = Param(type="categorical", choices=["adam", "sgd"], default="sgd")
+    assert inside(opt, "rmsprop") == "sgd" and inside(opt, "adam") == "adam"
+    assert inside(Param(type="categorical", choices=[32, 64]), 128) == 32  # no default: the first choice
+    assert inside(epochs, "many") == 15  # not a number at all: the default
+
+
+def test_after_the_space_is_narrowed_the_moves_from_the_best_stay_inside_it_and_say_so() -> None:
+    wide = cfg(steer=True, screen=False)
+    h = [record(1, BASE, 0.5, True), with_analysis(record(2, {**BASE, "lr": 5e-2, "width": 200}, 0.6, True), UNDERFIT)]
+    narrow = cfg(steer=True, screen=False, space={**SPACE, "lr": {**SPACE["lr"], "high": 1e-2},
+                                                  "width": {**SPACE["width"], "high": 128}})
+    agent = BuiltinAgent(narrow)
+    for rec in h:
+        agent.observe(rec)
+    prop = agent.propose(context(narrow, h))
+    assert prop.meta["source"] == "analysis"
+    assert 1e-4 <= prop.params["lr"] <= 1e-2 and prop.params["width"] == 128  # not moved by the advice: clamped
+    assert "moved into the edited search space: `lr` 0.05 -> 0.01, `width` 200 -> 128" in prop.rationale
+    # in the space it ran in, nothing is said and the width is kept
+    same = BuiltinAgent(wide)
+    for rec in h:
+        same.observe(rec)
+    prop = same.propose(context(wide, h))
+    assert prop.params["width"] == 200 and "edited" not in prop.rationale

@@ -90,6 +90,27 @@ def screen_order(p: Param) -> list[Any]:
     return choices[i + 1:] + choices[:i][::-1]
 
 
+def inside(p: Param, value: Any) -> Any:
+    """``value`` moved into ``p``'s current range: a number clamped to its bounds (and onto its
+    step grid), a choice it no longer declares replaced by its default (else its first choice).
+    The search space may have been edited since a cycle ran; what the agent proposes from that
+    cycle must still lie in the space the user declares now."""
+    if p.type == "categorical":
+        choices = list(p.choices or [])
+        return value if value in choices else (p.default if p.default in choices else choices[0])
+    assert p.low is not None and p.high is not None
+    try:
+        x = min(p.high, max(p.low, float(value)))
+    except (TypeError, ValueError):
+        return p.default if p.default is not None else p.low
+    if p.step:
+        x = min(p.high, p.low + round((x - p.low) / p.step) * p.step)
+    if p.type == "int":
+        v = int(round(x))
+        return v if p.low <= v <= p.high else int(math.ceil(p.low))
+    return value if x == value else x
+
+
 def toward(p: Param, value: Any, direction: str, rng: random.Random) -> Any | None:
     """A random value of ``p`` strictly on the ``direction`` side of ``value``, inside its bounds
     (log-uniform for a log parameter, uniform otherwise; for a categorical, one of the choices
@@ -214,6 +235,15 @@ class BuiltinAgent(Agent):
             out[name] = int(p.default) if p.type == "int" else (float(p.default) if p.type == "float" else p.default)  # type: ignore[arg-type]
         return out
 
+    def _from_best(self, best: CycleRecord) -> tuple[dict[str, Any], str]:
+        """The best cycle's configuration inside the current space (see ``inside``), and a note
+        naming what had to move, empty when nothing did."""
+        params = {k: v for k, v in best.proposal.params.items() if k in self.space}
+        moved = {k: inside(self.space[k], v) for k, v in params.items()}
+        changed = [f"`{k}` {params[k]!r} -> {moved[k]!r}" for k in params if moved[k] != params[k]]
+        note = f" (moved into the edited search space: {', '.join(changed)})" if changed else ""
+        return moved, note
+
     # -- how far from the target ----------------------------------------------------
     def _structure(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(params.get(name) for name in self.nominal)
@@ -249,10 +279,11 @@ class BuiltinAgent(Agent):
         if sum(p.meta.get("source") == "screen" for p in proposals) >= _SCREEN_SHARE * self.cfg.safeguards.max_cycles:
             return None
         baseline = self._baseline()
+        note = ""
         if ctx.best is None:
             base = baseline  # nothing scored yet (the baseline failed or is still running)
         else:
-            best = {k: v for k, v in ctx.best.proposal.params.items() if k in self.space}
+            best, note = self._from_best(ctx.best)
             base = best if set(best) == set(self.space) else ({**baseline, **best} if baseline is not None else None)
         if base is None:
             return None
@@ -266,7 +297,7 @@ class BuiltinAgent(Agent):
                 why = "no cycle has scored yet" if ctx.best is None or d is None else (
                     f"the best ({ctx.best.metric:.4g}, cycle {ctx.best.cycle}) is {d[0]:.4g} from the target, more than "
                     f"the numeric parameters have moved it ({d[1]:.4g})")
-                return params, f"structure first: `{name}` = {choice!r}, not run yet, from the best configuration; {why}"
+                return params, f"structure first: `{name}` = {choice!r}, not run yet, from the best configuration{note}; {why}"
         return None
 
     # -- following the diagnosis ----------------------------------------------------
@@ -275,7 +306,7 @@ class BuiltinAgent(Agent):
         best = ctx.best
         if not self.cfg.agents.steer or best is None or best.analysis is None:
             return None
-        params = {k: v for k, v in best.proposal.params.items() if k in self.space}
+        params, note = self._from_best(best)
         if set(params) != set(self.space):
             return None  # a partial configuration (another agent's): nothing to move from
         recs = [r for r in best.analysis.recommendations
@@ -297,12 +328,12 @@ class BuiltinAgent(Agent):
                 v = toward(self.space[name], params[name], direction, rng)
                 if v is not None:
                     out[name] = v
-            if out == params:
+            if out == params and not note:
                 return None  # every named parameter is already at its bound
             if _key(out) not in self.tried:
                 said = ", ".join(f"{d}:{n}" for n, d in moves.items())
                 return out, (f"following the analysis of the best cycle {best.cycle} ({best.analysis.diagnosis}): "
-                             f"{said}, a random step each, the rest of its configuration kept")
+                             f"{said}, a random step each, the rest of its configuration kept{note}")
         return None
 
     def propose(self, ctx: AgentContext) -> Proposal:
