@@ -95,6 +95,35 @@ def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport, will_write: tupl
     rep.info.append(f"execution.{name}: {cmd}")
 
 
+def _check_history(cfg: Config, rep: CheckReport) -> None:
+    """A run already recorded here whose best cycle lies outside the search space as it is now
+    (edited since): say what `resume` will do with it."""
+    from .agents.builtin import inside
+    from .decision import best_of
+    from .errors import StateError
+    from .journal import replay
+
+    journal = cfg.path(cfg.paths.state) / "journal.jsonl"
+    if not journal.is_file() or not cfg.search_space:
+        return
+    try:
+        records = replay(journal).records
+    except (StateError, OSError, ValueError):
+        return  # no run to speak of; `resume` says what is wrong with the journal
+    space = cfg.search_space
+    outside = [r for r in records if any(k in space and inside(space[k], v) != v for k, v in r.proposal.params.items())]
+    best = best_of(records)
+    if best is None or best.cycle not in {r.cycle for r in outside}:
+        return
+    moved = [f"{k} = {v!r} -> {inside(space[k], v)!r}" for k, v in best.proposal.params.items()
+             if k in space and inside(space[k], v) != v]
+    rep.warnings.append(
+        f"the best cycle so far ({best.cycle}) lies outside the search space as edited ({'; '.join(moved)}): "
+        f"on `resume` the built-in agent starts from it moved inside, and its TPE leaves out the "
+        f"{len(outside)} of {len(records)} recorded cycles outside the space"
+    )
+
+
 def check_workspace(cfg: Config) -> CheckReport:
     rep = CheckReport()
     ws = cfg.path(cfg.paths.workspace)
@@ -126,6 +155,7 @@ def check_workspace(cfg: Config) -> CheckReport:
     if cfg.execution.preload:
         _check_preload(cfg, rep)
     _check_pruning(cfg, rep)
+    _check_history(cfg, rep)
     if not cfg.search_space:
         rep.warnings.append("search_space is empty: the builtin agent can only run the code once")
     if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:

@@ -94,11 +94,16 @@ def test_resume_after_narrowing_the_search_space_proposes_inside_it(tmp_path: Pa
     base, second = (r["proposal"]["params"] for r in recorded(root))
     assert second["lr"] > base["lr"] and second["epochs"] > base["epochs"]  # cycle 2 followed the diagnosis
     lr_high, epochs_high = (base["lr"] * second["lr"]) ** 0.5, (base["epochs"] + second["epochs"]) // 2
+    assert "outside the search space" not in ralph(root, "validate").stdout  # not edited yet
     text = cfg.read_text().replace("max_cycles = 2", "max_cycles = 4")
     text = re.sub(r"(\[search_space\.lr\][^\[]*?high = )\S+", rf"\g<1>{lr_high!r}", text, flags=re.S)
     text = re.sub(r"(\[search_space\.epochs\][^\[]*?high = )\S+", rf"\g<1>{epochs_high}", text, flags=re.S)
     cfg.write_text(text)
-    assert ralph(root, "validate").returncode == 0
+    checked = ralph(root, "validate")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    said = " ".join(checked.stdout.split())
+    assert "the best cycle so far (2) lies outside the search space as edited (lr = " in said, said
+    assert "epochs = " in said and f"-> {epochs_high}" in said and "the 1 of 2 recorded cycles outside" in said
     resumed = ralph(root, "resume", "--plain", timeout=600)
     assert resumed.returncode in (0, 2, 3), resumed.stdout + resumed.stderr
     recs = recorded(root)
