@@ -395,3 +395,22 @@ def test_after_the_space_is_narrowed_the_moves_from_the_best_stay_inside_it_and_
         same.observe(rec)
     prop = same.propose(context(wide, h))
     assert prop.params["width"] == 200 and "edited" not in prop.rationale
+
+
+def test_a_parameter_added_to_the_space_counts_as_its_default_in_the_cycles_that_ran_before() -> None:
+    """train.py read the default of a parameter the cycle did not set: the best is moved from
+    there, TPE models those cycles, and the configuration is not proposed again."""
+    old = {k: v for k, v in SPACE.items() if k != "dropout"}
+    h = [record(1, {k: v for k, v in BASE.items() if k != "dropout"}, 0.5, True),
+         with_analysis(record(2, {"lr": 5e-3, "width": 64, "opt": "sgd"}, 0.6, True), advice(("high", "increase", "lr")))]
+    grown = cfg(steer=True, screen=False)  # SPACE: dropout (default 0.0) added
+    agent = BuiltinAgent(grown)
+    for rec in h:
+        agent.observe(rec)
+    prop = agent.propose(context(grown, h))
+    assert prop.meta["source"] == "analysis" and prop.meta["from_cycle"] == 2
+    assert prop.params["dropout"] == 0.0 and prop.params["width"] == 64 and prop.params["lr"] > 5e-3
+    assert "(not set by cycle 2, its default: `dropout` = 0.0)" in prop.rationale
+    assert len(agent.study.trials) == 2 and {t.params["dropout"] for t in agent.study.trials} == {0.0}
+    assert {**BASE} == agent._baseline() and agent.propose(context(grown, h, pending=(prop,))).params != BASE
+    assert set(old) < set(grown.search_space)

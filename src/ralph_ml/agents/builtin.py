@@ -199,10 +199,10 @@ class BuiltinAgent(Agent):
 
     # -- history -----------------------------------------------------------------------
     def observe(self, record: CycleRecord) -> None:
-        params = {k: v for k, v in record.proposal.params.items() if k in self.space}
+        params = self._ran(record.proposal.params)
         self.tried.add(_key(params))
         if set(params) != set(self.space):
-            return  # a partial proposal (e.g. from another agent) cannot inform TPE
+            return  # a parameter it did not set declares no default: what ran is unknown to TPE
         ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
         metric = record.metric if ok else None
         asked = self._asked.pop(_key(params), None)
@@ -227,21 +227,37 @@ class BuiltinAgent(Agent):
             constant_liar=True,  # parallel proposals avoid the configurations still running
         )
 
+    @staticmethod
+    def _default(p: Param) -> Any:
+        return int(p.default) if p.type == "int" else (float(p.default) if p.type == "float" else p.default)  # type: ignore[arg-type]
+
     def _baseline(self) -> dict[str, Any] | None:
         if not self.space or any(p.default is None for p in self.space.values()):
             return None
-        out: dict[str, Any] = {}
+        return {name: self._default(p) for name, p in self.space.items()}
+
+    def _ran(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The configuration a cycle ran, in the current space: its parameters, and the declared
+        default of each one it did not set (a parameter added to the space since, or one another
+        agent left out: train.py read its default, which the space's ``default`` matches). Still
+        partial where such a parameter declares no default."""
+        out = {k: v for k, v in params.items() if k in self.space}
         for name, p in self.space.items():
-            out[name] = int(p.default) if p.type == "int" else (float(p.default) if p.type == "float" else p.default)  # type: ignore[arg-type]
+            if name not in out and p.default is not None:
+                out[name] = self._default(p)
         return out
 
     def _from_best(self, best: CycleRecord) -> tuple[dict[str, Any], str]:
-        """The best cycle's configuration inside the current space (see ``inside``), and a note
-        naming what had to move, empty when nothing did."""
-        params = {k: v for k, v in best.proposal.params.items() if k in self.space}
+        """The best cycle's configuration inside the current space (see ``inside`` and ``_ran``),
+        and a note naming what had to move or be filled in, empty when nothing did."""
+        given = best.proposal.params
+        params = self._ran(given)
         moved = {k: inside(self.space[k], v) for k, v in params.items()}
         changed = [f"`{k}` {params[k]!r} -> {moved[k]!r}" for k in params if moved[k] != params[k]]
+        filled = [f"`{k}` = {moved[k]!r}" for k in moved if k not in given]
         note = f" (moved into the edited search space: {', '.join(changed)})" if changed else ""
+        if filled:
+            note += f" (not set by cycle {best.cycle}, its default: {', '.join(filled)})"
         return moved, note
 
     # -- how far from the target ----------------------------------------------------
