@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
+from .records import CycleRecord
 
 
 @dataclass
@@ -111,20 +112,25 @@ def _check_history(cfg: Config, rep: CheckReport) -> None:
     except (StateError, OSError, ValueError):
         return  # no run to speak of; `resume` says what is wrong with the journal
     space = cfg.search_space
-    outside = [r for r in records if any(k in space and inside(space[k], v) != v for k, v in r.proposal.params.items())]
+
+    def moved(rec: CycleRecord) -> list[str]:
+        return [f"{k} = {v!r} -> {inside(space[k], v)!r}" for k, v in rec.proposal.params.items()
+                if k in space and inside(space[k], v) != v]
+
+    outside = sum(bool(moved(r)) for r in records)
     best = best_of(records)
-    if best is None or best.cycle not in {r.cycle for r in outside}:
+    if best is None or not moved(best):
         return
-    moved = [f"{k} = {v!r} -> {inside(space[k], v)!r}" for k, v in best.proposal.params.items()
-             if k in space and inside(space[k], v) != v]
     rep.warnings.append(
-        f"the best cycle so far ({best.cycle}) lies outside the search space as edited ({'; '.join(moved)}): "
+        f"the best cycle so far ({best.cycle}) lies outside the search space as edited ({'; '.join(moved(best))}): "
         f"on `resume` the built-in agent starts from it moved inside, and its TPE leaves out the "
-        f"{len(outside)} of {len(records)} recorded cycles outside the space"
+        f"{outside} of {len(records)} recorded cycles outside the space"
     )
 
 
-def check_workspace(cfg: Config) -> CheckReport:
+def check_workspace(cfg: Config, *, history: bool = False) -> CheckReport:
+    """What is wrong with the workspace, and what to know; ``history`` (validate's) adds what
+    the run already recorded here means for `resume` (it reads the journal)."""
     rep = CheckReport()
     ws = cfg.path(cfg.paths.workspace)
     if not ws.is_dir():
@@ -155,7 +161,8 @@ def check_workspace(cfg: Config) -> CheckReport:
     if cfg.execution.preload:
         _check_preload(cfg, rep)
     _check_pruning(cfg, rep)
-    _check_history(cfg, rep)
+    if history:
+        _check_history(cfg, rep)
     if not cfg.search_space:
         rep.warnings.append("search_space is empty: the builtin agent can only run the code once")
     if cfg.agents.code_model not in ("builtin",) and not cfg.agents.opencode_model:

@@ -201,7 +201,7 @@ def validate(config: Optional[Path] = ConfigOpt) -> None:
         cfg = _cfg(config)
     except RalphError as exc:
         _fail(exc)
-    rep = check_workspace(cfg)
+    rep = check_workspace(cfg, history=True)
     console.print(f"config: {cfg.source} [green]ok[/]")
     console.print(f"target: {cfg.target.describe()}")
     console.print(f"agent: {cfg.agent_name} · search space: {', '.join(cfg.search_space) or '(empty)'}")

@@ -189,10 +189,10 @@ class BuiltinAgent(Agent):
         from optuna.trial import TrialState, create_trial
 
         try:
-            inside = all(self.dists[n]._contains(self.dists[n].to_internal_repr(v)) for n, v in params.items())
+            fits = all(self.dists[n]._contains(self.dists[n].to_internal_repr(v)) for n, v in params.items())
         except Exception:  # a choice the space no longer declares, a string for a number, ...
-            inside = False
-        if not inside:
+            fits = False
+        if not fits:
             return
         self.study.add_trial(create_trial(params=params, distributions=self.dists, value=metric,
                                           state=TrialState.COMPLETE if metric is not None else TrialState.FAIL))
