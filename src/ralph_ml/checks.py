@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .records import CycleRecord
 
 
 @dataclass
@@ -99,7 +98,7 @@ def _check_cmd(name: str, cmd: str, ws: Path, rep: CheckReport, will_write: tupl
 def _check_history(cfg: Config, rep: CheckReport) -> None:
     """A run already recorded here whose best cycle lies outside the search space as it is now
     (edited since): say what `resume` will do with it."""
-    from .agents.builtin import inside
+    from .agents.builtin import outside
     from .decision import best_of
     from .errors import StateError
     from .journal import replay
@@ -111,20 +110,16 @@ def _check_history(cfg: Config, rep: CheckReport) -> None:
         records = replay(journal).records
     except (StateError, OSError, ValueError):
         return  # no run to speak of; `resume` says what is wrong with the journal
-    space = cfg.search_space
-
-    def moved(rec: CycleRecord) -> list[str]:
-        return [f"{k} = {v!r} -> {inside(space[k], v)!r}" for k, v in rec.proposal.params.items()
-                if k in space and inside(space[k], v) != v]
-
-    outside = sum(bool(moved(r)) for r in records)
+    n_outside = sum(bool(outside(cfg.search_space, r.proposal.params)) for r in records)
     best = best_of(records)
-    if best is None or not moved(best):
+    moved = outside(cfg.search_space, best.proposal.params) if best is not None else {}
+    if best is None or not moved:
         return
     rep.warnings.append(
-        f"the best cycle so far ({best.cycle}) lies outside the search space as edited ({'; '.join(moved(best))}): "
+        f"the best cycle so far ({best.cycle}) lies outside the search space as edited "
+        f"({'; '.join(f'{k} = {v!r} -> {to!r}' for k, (v, to) in moved.items())}): "
         f"on `resume` the built-in agent starts from it moved inside, and its TPE leaves out the "
-        f"{outside} of {len(records)} recorded cycles outside the space"
+        f"{n_outside} of {len(records)} recorded cycles outside the space"
     )
 
 

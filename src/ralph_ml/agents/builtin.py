@@ -111,6 +111,18 @@ def inside(p: Param, value: Any) -> Any:
     return value if x == value else x
 
 
+def outside(space: Mapping[str, Param], params: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The values of ``params`` that lie outside the current ``space``: name -> (value, where
+    ``inside`` moves it). Parameters the space does not declare are not looked at."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, v in params.items():
+        if k in space:
+            to = inside(space[k], v)
+            if to != v:
+                out[k] = (v, to)
+    return out
+
+
 def toward(p: Param, value: Any, direction: str, rng: random.Random) -> Any | None:
     """A random value of ``p`` strictly on the ``direction`` side of ``value``, inside its bounds
     (log-uniform for a log parameter, uniform otherwise; for a categorical, one of the choices
@@ -252,8 +264,9 @@ class BuiltinAgent(Agent):
         and a note naming what had to move or be filled in, empty when nothing did."""
         given = best.proposal.params
         params = self._ran(given)
-        moved = {k: inside(self.space[k], v) for k, v in params.items()}
-        changed = [f"`{k}` {params[k]!r} -> {moved[k]!r}" for k in params if moved[k] != params[k]]
+        out = outside(self.space, params)
+        moved = {**params, **{k: to for k, (_, to) in out.items()}}
+        changed = [f"`{k}` {v!r} -> {to!r}" for k, (v, to) in out.items()]
         filled = [f"`{k}` = {moved[k]!r}" for k in moved if k not in given]
         note = f" (moved into the edited search space: {', '.join(changed)})" if changed else ""
         if filled:
