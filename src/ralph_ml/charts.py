@@ -74,6 +74,19 @@ def _style_axes(ax: Axes) -> None:
         ax.spines[side].set_visible(False)
 
 
+def _log_x(ax: Axes, values: Sequence[float]) -> None:
+    """A log x axis labelled in plain text ("1e-03", "200"): matplotlib's default renders every label as
+    mathtext, which costs more than drawing the rest of the panel."""
+    from matplotlib.ticker import LogFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(LogFormatter())
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+    pos = [v for v in values if v > 0]
+    if pos and max(pos) / min(pos) > 30:  # a tick per decade is enough; 8 unlabelled minor ticks a decade cost more than the data
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
 def _unscored_row(ax: Axes, points: Sequence[Point], row: float, sep: float) -> None:
     """Cycles without a score, in their own row past the worst values (there is no y to plot)."""
     for cat in ("failed", "pruned"):
@@ -212,6 +225,13 @@ def param_effects(points: Sequence[Point], params: dict[str, dict[str, Any]], *,
 
     ``params`` maps a parameter name to ``{"log": bool, "choices": list | None}``.
     """
+    fig = param_effects_figure(points, params, name=name, maximize=maximize, best_cycle=best_cycle, max_params=max_params)
+    return None if fig is None else _png(fig)
+
+
+def param_effects_figure(points: Sequence[Point], params: dict[str, dict[str, Any]], *, name: str, maximize: bool,
+                         best_cycle: int | None = None, max_params: int = 12) -> Figure | None:
+    """The figure of ``param_effects``, not yet drawn (None when no parameter varied or nothing scored)."""
     # Only parameters that took two values or more: a single value says nothing about its effect.
     names = [n for n in params if len({repr(p.params[n]) for p in points if n in p.params}) > 1][:max_params]
     if not names or not any(p.metric is not None for p in points):
@@ -219,7 +239,9 @@ def param_effects(points: Sequence[Point], params: dict[str, dict[str, Any]], *,
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig = _figure(3.6 * cols + 0.4, 2.9 * rows + 0.2)
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    # One y range for all panels, set on each: sharey would make every panel measure its siblings' tick
+    # labels at layout time (quadratic in panels, the chart's largest cost).
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     values = [float(p.metric) for p in points if p.metric is not None]
     unscored = any(p.metric is None for p in points)
     ylo, yhi, row, sep = _limits(values, [], unscored, maximize)
@@ -249,7 +271,7 @@ def param_effects(points: Sequence[Point], params: dict[str, dict[str, Any]], *,
                 return float(p.params[pname])
 
             if info.get("log"):
-                ax.set_xscale("log")
+                _log_x(ax, [float(p.params[pname]) for p in points if pname in p.params])
         have = [p for p in points if pname in p.params]
         for cat in ("discarded", "below_gate", "kept"):
             sel = [p for p in have if p.category == cat and p.metric is not None]
@@ -265,17 +287,20 @@ def param_effects(points: Sequence[Point], params: dict[str, dict[str, Any]], *,
             ax.scatter([xval(best[0])], [float(best[0].metric or 0.0)], marker="*", s=160, color="#ffd700", edgecolors="black",
                        linewidths=0.7, zorder=4)
         ax.set_xlabel(pname + (" (log)" if info.get("log") and numeric else ""), fontsize=9)
-        ax.tick_params(labelsize=8)
-    axes[0].set_ylim(ylo, yhi)
-    if unscored:
-        for ax in axes[:len(names)]:
+        ax.tick_params(which="both", labelsize=8)
+    for i, ax in enumerate(axes[:len(names)]):
+        ax.set_ylim(ylo, yhi)
+        if unscored:
             ax.axhline(sep, color="#c8c8c8", linewidth=0.8)
-        _trim_ticks(axes[0], sep, maximize)
-        axes[0].text(-0.01, row, "no score", transform=axes[0].get_yaxis_transform(), ha="right", va="center",
-                     fontsize=7, color=STYLE["failed"][1])
+            _trim_ticks(ax, sep, maximize)
+        if i % cols:
+            ax.tick_params(labelleft=False)  # the first panel of the row labels the shared range
     for r in range(rows):
         axes[r * cols].set_ylabel(name, fontsize=9)
-    return _png(fig)
+        if unscored:
+            axes[r * cols].text(-0.01, row, "no score", transform=axes[r * cols].get_yaxis_transform(), ha="right",
+                                va="center", fontsize=7, color=STYLE["failed"][1])
+    return fig
 
 
 def time_per_cycle(points: Sequence[Point]) -> bytes | None:
