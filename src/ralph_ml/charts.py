@@ -270,9 +270,9 @@ def param_effects_figure(points: Sequence[Point], params: dict[str, dict[str, An
             def xval(p: Point) -> float:
                 return float(p.params[pname])
 
-            if info.get("log"):
-                _log_x(ax, [float(p.params[pname]) for p in points if pname in p.params])
         have = [p for p in points if pname in p.params]
+        if numeric and info.get("log"):
+            _log_x(ax, [xval(p) for p in have])
         for cat in ("discarded", "below_gate", "kept"):
             sel = [p for p in have if p.category == cat and p.metric is not None]
             if sel:
