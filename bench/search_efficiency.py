@@ -14,13 +14,16 @@ that stopped at --max-cycles without reaching the target.
 Strategies (--strategies picks some):
 
   ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, following
-               the analysis's diagnosis, TPE), K=1, warm starts (the template's execution.preload)
+               the analysis's diagnosis, TPE), K=1, warm starts (the template's execution.preload),
+               each trial stopped at the epoch its validation curve meets the target
   ralph-prune  the same with the median pruner on the trials' validation curves (the
                templates report val_accuracy each epoch; the pruner reads the target metric)
   ralph-k2     the same as ralph with two trials at once
   ralph-cold   the same as ralph with a fresh interpreter per command (execution.preload = [])
+  ralph-to-end the same as ralph with every trial trained to its end (pruning.stop_at_target = false)
   tpe          plain Optuna TPE (agent plugin bench_agents:TPE), a fresh interpreter per
-               command, as the peers run trials
+               command, every trial trained to its end (pruning.stop_at_target = false),
+               as the peers run trials
   random       plain Optuna random search (agent plugin bench_agents:Random), likewise
   tpe-warm     plain TPE on ralph-ml's warm executor: the search strategy alone is compared
   random-warm  plain random search on ralph-ml's warm executor
@@ -45,15 +48,17 @@ BENCH = Path(__file__).resolve().parent
 TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
 
 COLD = {"preload": "[]"}  # replaces the template's execution.preload line
+PLAIN = {"pruning": "stop_at_target = false"}  # plain searches train every trial to its end
 STRATEGIES: dict[str, dict[str, str]] = {
     "ralph": {},
     "ralph-prune": {"pruning": 'pruner = "median"\nn_startup_trials = 3\nn_warmup_steps = 4\ngrace_s = 2'},
     "ralph-k2": {"execution": "max_concurrency = 2\ncpus_per_trial = 1"},
     "ralph-cold": COLD,
-    "tpe": {"agents": 'code_model = "bench_agents:TPE"', **COLD},
-    "random": {"agents": 'code_model = "bench_agents:Random"', **COLD},
-    "tpe-warm": {"agents": 'code_model = "bench_agents:TPE"'},
-    "random-warm": {"agents": 'code_model = "bench_agents:Random"'},
+    "ralph-to-end": PLAIN,
+    "tpe": {"agents": 'code_model = "bench_agents:TPE"', **COLD, **PLAIN},
+    "random": {"agents": 'code_model = "bench_agents:Random"', **COLD, **PLAIN},
+    "tpe-warm": {"agents": 'code_model = "bench_agents:TPE"', **PLAIN},
+    "random-warm": {"agents": 'code_model = "bench_agents:Random"', **PLAIN},
 }
 
 

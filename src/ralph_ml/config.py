@@ -321,6 +321,9 @@ class Pruning(_Model):
     max_steps: Optional[int] = Field(default=None, ge=1)  # forecast: the planned last step
     max_steps_param: Optional[str] = None  # ... or read it from this param (e.g. "epochs")
     grace_s: float = Field(default=5.0, ge=0.0)  # after the stop request, then terminate
+    # A trial whose progress report of the target metric meets the target stops there
+    # (trial.report returns True): the run is about to stop on it. Its final evaluation decides.
+    stop_at_target: bool = True
 
 
 class Branching(_Model):
@@ -425,6 +428,13 @@ class Config(_Model):
     @property
     def target(self) -> TargetMetric:
         return self.project.target_metric
+
+    @property
+    def stops_at_target(self) -> bool:
+        """Trials stop at the step their reported target metric meets the target: ``pruning.
+        stop_at_target``, except with noise-aware keeps, whose mean over seeds needs every run of
+        a configuration trained alike (a run stopped at its first crossing is a lucky high)."""
+        return self.pruning.stop_at_target and not (self.noise.baseline_repeats or self.noise.confirm_repeats)
 
     @property
     def pruning_metric(self) -> str:

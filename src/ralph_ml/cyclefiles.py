@@ -18,7 +18,9 @@ from .records import FailureClass, TrialResult, TrialStatus
 
 
 def trial_env(cfg: Config, run_id: str, cycle: int, cdir: Path, params: Mapping[str, Any]) -> dict[str, str]:
-    """The RALPH_* environment of a trial (DESIGN.md, trial contract)."""
+    """The RALPH_* environment of a trial (DESIGN.md, trial contract). ``RALPH_STOP_AT_TARGET``
+    (``Config.stops_at_target``) makes ``trial.report`` ask the trial to stop once a reported
+    target metric meets the target."""
     env = {
         "RALPH_RUN_ID": run_id,
         "RALPH_CYCLE": str(cycle),
@@ -34,6 +36,9 @@ def trial_env(cfg: Config, run_id: str, cycle: int, cdir: Path, params: Mapping[
         "PYTHONUNBUFFERED": "1",
         **cfg.execution.env,
     }
+    if cfg.stops_at_target:
+        t = cfg.target
+        env["RALPH_STOP_AT_TARGET"] = json.dumps({"name": t.name, "value": t.value, "direction": t.dir.value})
     for name, value in params.items():
         env[f"RALPH_PARAM_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
     key_env = cfg.agents.llm.api_key_env

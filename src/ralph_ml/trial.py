@@ -30,6 +30,9 @@ RALPH_CHECKPOINT_DIR   where checkpoints go
 RALPH_DATA_DIR         shared data folder (downloads, caches)
 RALPH_PROGRESS_PATH    ``progress.jsonl``, one JSON object per ``report`` call
 RALPH_CONTROL_PATH     a JSON file the loop writes ``{"action": "stop"}`` into
+RALPH_STOP_AT_TARGET   ``{"name", "value", "direction"}`` of the target, when
+                       ``pruning.stop_at_target`` is on: ``report`` returns True
+                       once the reported target metric meets it
 =====================  ==========================================================
 
 This module is imported by every trial, so it uses the standard library only (no torch,
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -176,8 +180,10 @@ def report(step: int, **metrics: float) -> bool:
     """Append ``{"step", "time", **metrics}`` to progress.jsonl; True when asked to stop.
 
     Call it once per epoch (or every N steps) and stop training when it returns True: the
-    loop asks a trial to stop when it is pruned or the run is stopped. Outside the loop
-    nothing is written and it returns False.
+    loop asks a trial to stop when it is pruned or the run is stopped, and it returns True
+    at once (no round trip to the loop) when ``metrics`` holds the target metric at a value
+    that meets the target (``$RALPH_STOP_AT_TARGET``, ``pruning.stop_at_target``). Outside
+    the loop nothing is written and it returns False.
     """
     path = os.environ.get("RALPH_PROGRESS_PATH")
     if path:
@@ -194,7 +200,42 @@ def report(step: int, **metrics: float) -> bool:
         with fh:
             fh.write(line)
             fh.flush()
+        if _stopped_at is None:
+            _check_target(int(step), metrics)
     return should_stop()
+
+
+_stopped_at: str | None = None  # why report() asked this trial to stop at its target, once it did
+
+
+def _check_target(step: int, metrics: Mapping[str, Any]) -> None:
+    global _stopped_at
+    raw = os.environ.get("RALPH_STOP_AT_TARGET")
+    if not raw:
+        return
+    try:
+        spec = json.loads(raw)
+        name, goal, maximize = str(spec["name"]), float(spec["value"]), spec["direction"] == "maximize"
+    except (ValueError, TypeError, KeyError):
+        raise TrialError(
+            f"$RALPH_STOP_AT_TARGET = {raw!r} is not a target ({{\"name\": ..., \"value\": ..., \"direction\": ...}}); "
+            "unset it to train to the end."
+        ) from None
+    if name not in metrics:
+        return
+    try:
+        value = float(metrics[name])
+    except (TypeError, ValueError):
+        return  # _clean has already refused a non-number
+    if not math.isfinite(value) or not (value >= goal if maximize else value <= goal):
+        return
+    _stopped_at = f"{name} = {value:.6g} at step {step} meets the target ({name} {'>=' if maximize else '<='} {goal:g})"
+    print(
+        f"ralph_ml.trial: {_stopped_at}: asking this trial to stop here (pruning.stop_at_target = false "
+        "trains every trial to its end)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # (path, inode, mtime_ns, size, answer): the control file is read again only when it changed.
@@ -204,9 +245,12 @@ _control_cache: tuple[str, int, int, int, bool] | None = None
 def should_stop() -> bool:
     """True when the loop wrote ``{"action": "stop"}`` to ``$RALPH_CONTROL_PATH``.
 
+    Also True from the moment ``report`` saw the target met (``$RALPH_STOP_AT_TARGET``).
     Cheap enough to call every step: one ``os.stat``, and a read only when the file changed.
     """
     global _control_cache
+    if _stopped_at is not None:
+        return True
     path = os.environ.get("RALPH_CONTROL_PATH")
     if not path:
         return False

@@ -65,6 +65,44 @@ def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp
 
 
 
+def test_a_trial_stops_at_the_step_its_curve_meets_the_target(exp) -> None:  # type: ignore[no-untyped-def]
+    """The baseline's curve 1 - exp(-(step + 1) / 3) first reaches 0.9 at step 6 (0.903): it stops
+    there, is evaluated on what it has, and the run ends at the target. 13 steps not trained."""
+    root = exp(CURVE, target=0.9, space=SPACE, safeguards={"max_cycles": 3})
+    proc = ralph(root, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [rec] = recorded(root)
+    assert rec["result"]["status"] == "ok" and rec["result"]["metrics"]["steps_done"] == 7
+    assert rec["metric"] == pytest.approx(1 - math.exp(-7 / 3))
+    cdir = root / "runs" / "cycle_0001"
+    assert [json.loads(line)["step"] for line in (cdir / "progress.jsonl").read_text().splitlines()] == list(range(7))
+    stderr = (cdir / "logs" / "stderr.log").read_text()
+    assert "val_accuracy = 0.903028 at step 6 meets the target (val_accuracy >= 0.9)" in stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"pruning": {"stop_at_target": False}}, {"noise": {"baseline_repeats": 1}}],
+    ids=["switched-off", "noise-aware-keeps"],
+)
+def test_a_trial_trains_to_its_end_when_stopping_at_the_target_is_off(exp, extra) -> None:  # type: ignore[no-untyped-def]
+    """Off by the switch, and with noise-aware keeps: a mean over seeds needs every run of a
+    configuration trained alike, so neither the trial nor its repeat stops at its first crossing."""
+    root = exp(CURVE, target=0.9, space=SPACE, safeguards={"max_cycles": 3}, extra=extra)
+    proc = ralph(root, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [rec] = recorded(root)
+    assert rec["result"]["metrics"]["steps_done"] == 20
+    final = 1 - math.exp(-20 / 3)
+    cdir = root / "runs" / "cycle_0001"
+    curves = [cdir / "progress.jsonl", *sorted((cdir / "repeats").glob("*/progress.jsonl"))]
+    assert len(curves) == (2 if "noise" in extra else 1)
+    for path in curves:
+        assert len(path.read_text().splitlines()) == 20, path
+    assert rec["metric"] == pytest.approx(final)  # the repeat (another seed) draws the same curve
+    assert "meets the target" not in (cdir / "logs" / "stderr.log").read_text()
+
+
 FAST_THEN_EVAL = """
 import math, time
 from ralph_ml import trial

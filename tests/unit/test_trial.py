@@ -298,3 +298,71 @@ def test_env_contract_end_to_end_in_a_real_subprocess(tmp_path: Path) -> None:
     progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
     assert [p["step"] for p in progress] == [1, 2, 3]
     assert (run_dir / "checkpoints" / "model.txt").read_text() == "weights"
+
+
+# --------------------------------------------------------------------------- stop at the target
+
+_CURVE_SCRIPT = """
+import json, sys
+from ralph_ml import trial
+
+stopped = None
+for step, value in enumerate(json.loads(sys.argv[1]), start=1):
+    if trial.report(step, val_accuracy=value, val_loss=1.0 - value):
+        stopped = step
+        break
+print(json.dumps({"stopped": stopped, "should_stop": trial.should_stop()}))
+"""
+
+
+def _run_curve(tmp_path: Path, curve: list[float], target: str | None) -> tuple[dict[str, object], list[int], str]:
+    """A real trial process reporting ``curve``, with $RALPH_STOP_AT_TARGET = ``target``."""
+    script = tmp_path / "curve.py"
+    script.write_text(_CURVE_SCRIPT)
+    progress = tmp_path / "progress.jsonl"
+    progress.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(RALPH_PROGRESS_PATH=str(progress), RALPH_CONTROL_PATH=str(tmp_path / "control.json"))
+    if target is not None:
+        env["RALPH_STOP_AT_TARGET"] = target
+    out = subprocess.run([sys.executable, str(script), json.dumps(curve)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 or target is not None, out.stderr
+    steps = [json.loads(line)["step"] for line in progress.read_text().splitlines()] if progress.exists() else []
+    return (json.loads(out.stdout) if out.returncode == 0 else {"rc": out.returncode}), steps, out.stderr
+
+
+def test_report_stops_the_trial_at_the_first_step_that_meets_a_maximized_target(tmp_path: Path) -> None:
+    target = json.dumps({"name": "val_accuracy", "value": 0.9, "direction": "maximize"})
+    printed, steps, stderr = _run_curve(tmp_path, [0.5, 0.89, 0.9, 0.95, 0.97], target)
+    assert printed == {"stopped": 3, "should_stop": True}
+    assert steps == [1, 2, 3]  # the step that met it is recorded, nothing after it
+    assert "val_accuracy = 0.9 at step 3 meets the target (val_accuracy >= 0.9)" in stderr
+    assert "pruning.stop_at_target = false" in stderr
+
+
+def test_report_stops_at_a_minimized_target_and_ignores_non_finite_values(tmp_path: Path) -> None:
+    target = json.dumps({"name": "val_loss", "value": 0.2, "direction": "minimize"})
+    # val_loss = 1 - value: 0.5, 0.25, 0.2 (meets <= 0.2 at step 3)
+    printed, steps, _ = _run_curve(tmp_path, [0.5, 0.75, 0.8, 0.9], target)
+    assert printed == {"stopped": 3, "should_stop": True} and steps == [1, 2, 3]
+    nan_target = json.dumps({"name": "val_accuracy", "value": 0.5, "direction": "maximize"})
+    printed, steps, _ = _run_curve(tmp_path, [float("nan"), float("inf"), 0.4], nan_target)  # never finite and met
+    assert printed == {"stopped": None, "should_stop": False} and steps == [1, 2, 3]
+
+
+def test_report_trains_to_the_end_without_the_target_or_when_it_is_never_met(tmp_path: Path) -> None:
+    printed, steps, stderr = _run_curve(tmp_path, [0.5, 0.95, 0.99], None)
+    assert printed == {"stopped": None, "should_stop": False} and steps == [1, 2, 3] and stderr == ""
+    other = json.dumps({"name": "test_accuracy", "value": 0.1, "direction": "maximize"})  # never reported
+    printed, steps, _ = _run_curve(tmp_path, [0.5, 0.95, 0.99], other)
+    assert printed == {"stopped": None, "should_stop": False} and steps == [1, 2, 3]
+    high = json.dumps({"name": "val_accuracy", "value": 0.999, "direction": "maximize"})
+    printed, steps, _ = _run_curve(tmp_path, [0.5, 0.95, 0.99], high)
+    assert printed == {"stopped": None, "should_stop": False} and steps == [1, 2, 3]
+
+
+def test_a_malformed_stop_at_target_is_an_error_that_names_it(tmp_path: Path) -> None:
+    printed, _, stderr = _run_curve(tmp_path, [0.5], '{"name": "val_accuracy"}')
+    assert printed == {"rc": 1}
+    assert "$RALPH_STOP_AT_TARGET = '{\"name\": \"val_accuracy\"}' is not a target" in stderr
+    assert "unset it to train to the end" in stderr
