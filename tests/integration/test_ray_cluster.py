@@ -239,6 +239,10 @@ address = "{cluster.address}"
 namespace = "{RAY_NAMESPACE}"
 num_cpus = 1
 scheduling_strategy = "SPREAD"   # two 1-CPU trials on two 2-CPU nodes: one on each
+
+# every trial trained to its end: one stopped at the target would end the run and cancel its sibling
+[pruning]
+stop_at_target = false
 """)
 
     def cdir(cycle: int) -> Path:
