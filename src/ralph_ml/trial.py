@@ -215,7 +215,7 @@ def _check_target(step: int, metrics: Mapping[str, Any]) -> None:
         return
     try:
         spec = json.loads(raw)
-        name, goal, maximize = str(spec["name"]), float(spec["value"]), spec["direction"] == "maximize"
+        name, goal, maximize = str(spec["name"]), float(spec["value"]), {"maximize": True, "minimize": False}[spec["direction"]]
     except (ValueError, TypeError, KeyError):
         raise TrialError(
             f"$RALPH_STOP_AT_TARGET = {raw!r} is not a target ({{\"name\": ..., \"value\": ..., \"direction\": ...}}); "
@@ -223,13 +223,12 @@ def _check_target(step: int, metrics: Mapping[str, Any]) -> None:
         ) from None
     if name not in metrics:
         return
-    try:
-        value = float(metrics[name])
-    except (TypeError, ValueError):
-        return  # _clean has already refused a non-number
+    value = float(metrics[name])  # a number: report's _clean has refused anything else
+    # records.Direction.meets, written out: importing records (dataclasses) would double this module's import time
     if not math.isfinite(value) or not (value >= goal if maximize else value <= goal):
         return
-    _stopped_at = f"{name} = {value:.6g} at step {step} meets the target ({name} {'>=' if maximize else '<='} {goal:g})"
+    op = ">=" if maximize else "<="
+    _stopped_at = f"{name} = {value:.6g} at step {step} meets the target ({name} {op} {goal:g})"
     print(
         f"ralph_ml.trial: {_stopped_at}: asking this trial to stop here (pruning.stop_at_target = false "
         "trains every trial to its end)",

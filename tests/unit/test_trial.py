@@ -366,3 +366,6 @@ def test_a_malformed_stop_at_target_is_an_error_that_names_it(tmp_path: Path) ->
     assert printed == {"rc": 1}
     assert "$RALPH_STOP_AT_TARGET = '{\"name\": \"val_accuracy\"}' is not a target" in stderr
     assert "unset it to train to the end" in stderr
+    misspelt = json.dumps({"name": "val_accuracy", "value": 0.9, "direction": "maximise"})  # never read as minimize
+    printed, _, stderr = _run_curve(tmp_path, [0.5], misspelt)
+    assert printed == {"rc": 1} and "is not a target" in stderr
