@@ -145,6 +145,15 @@ def analyze(
     fits_train = _train_counterpart(result.metrics, target.name)
     saturated = fits_train is not None and fits_train >= 0.995  # the training set is already fit
     short = metric is not None and (metric < target.value if target.dir.value == "maximize" else metric > target.value)
+    stopped = result.stopped_by == "target"  # the curve ends where it met the target, not at its planned end
+    if stopped and short:
+        notes.append(f"the trial stopped at step {result.stopped_at_step}, where its reported {target.name} met the "
+                     f"target (pruning.stop_at_target), but the evaluation scored {metric:.6g}: the per-step "
+                     f"{target.name} and the evaluation disagree, so the steps left were given up for nothing. "
+                     "Report the evaluation's own metric each step, or set pruning.stop_at_target = false.")
+    elif stopped:
+        notes.append(f"the trial stopped at step {result.stopped_at_step}, where its reported {target.name} first met "
+                     "the target (pruning.stop_at_target): the score is the model's at that step, not a full run's.")
     if not overfit and saturated and short:
         # Fitting the training set better cannot help any more: only generalization can.
         overfit = True
@@ -163,7 +172,7 @@ def analyze(
         recs.add("high", "regularize more: over-fitting", _first(space, "dropout"), "increase")
         recs.add("high", "regularize more: over-fitting", _first(space, "weight_decay", "wd"), "increase")
         recs.add("medium", "train for fewer epochs: over-fitting", _first(space, "epochs"), "decrease")
-    elif len(train_loss) >= 4:
+    elif len(train_loss) >= 4 and not stopped:  # a stopped curve's falling loss says nothing of its end
         tail = train_loss[-max(2, len(train_loss) // 4):]
         if not saturated and all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
             diag = "underfitting" if not kept or before.cycles else diag

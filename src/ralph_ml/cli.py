@@ -343,7 +343,8 @@ def status(
     t.add_row("cycle / phase", f"{data['cycle']} / {data['phase']}")
     t.add_row("target", f"{tgt['name']} {op} {tgt['value']}")
     b = data.get("best")
-    t.add_row("best", "none yet" if not b else f"{b['metric']:.6g} at cycle {b['cycle']}")
+    stop_note = f" (stopped at step {b['stopped_at_step']}, where it met the target)" if b and b.get("stopped_at_step") is not None else ""
+    t.add_row("best", "none yet" if not b else f"{b['metric']:.6g} at cycle {b['cycle']}{stop_note}")
     t.add_row("verdicts", ", ".join(f"{k}: {v}" for k, v in data.get("verdicts", {}).items()) or "-")
     bud = data["budgets"]
     sg = data["safeguards"]

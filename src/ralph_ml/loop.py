@@ -602,6 +602,8 @@ class Loop:
                     status=TrialStatus.PRUNED,
                     failure=FailureClass.NONE,
                     message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
+                    stopped_by="pruner",
+                    stopped_at_step=f.prune_verdict.step,
                 )
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)

@@ -161,7 +161,8 @@ def run_state(
         "target": {"name": cfg.target.name, "value": cfg.target.value, "direction": cfg.target.dir.value},
         "best": None
         if best is None
-        else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit},
+        else {"cycle": best.cycle, "metric": best.metric, "params": best.proposal.params, "commit": best.commit,
+              "stopped_at_step": best.result.stopped_at_step if best.result.stopped_by == "target" else None},
         "verdicts": dict(totals.verdicts),
         "elapsed_s": round(usage.elapsed_s, 3),
         "safeguards": safeguards,

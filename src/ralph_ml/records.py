@@ -168,10 +168,23 @@ class TrialResult(_Record):
     # The target metric of every seed when the trial was repeated (noise-aware keeps), the
     # first run included; the cycle's metric is their mean. Empty: run once.
     repeats: tuple[float, ...] = ()
+    # Why the trial ended before its own last step, and the reported step it stopped at:
+    # "target" (its reported target metric met the target: pruning.stop_at_target) or
+    # "pruner" (status pruned). "": it ran to its end, or was cancelled.
+    stopped_by: str = ""
+    stopped_at_step: int | None = None
 
     @property
     def duration_s(self) -> float:
         return max(0.0, self.ended_at - self.started_at)
+
+    def status_text(self) -> str:
+        """The status as the report's cycle tables show it: ``ok``, ``failed (crash)``,
+        ``ok, stopped at the target (step 19)``, ``pruned (step 4)``."""
+        text = self.status.value + (f" ({self.failure.value})" if self.failure is not FailureClass.NONE else "")
+        if self.stopped_at_step is not None:
+            text += f", stopped at the target (step {self.stopped_at_step})" if self.stopped_by == "target" else f" (step {self.stopped_at_step})"
+        return text
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialResult:

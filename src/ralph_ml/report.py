@@ -485,7 +485,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
     for v in ctx.views:
         r = v.record
         m = f"{r.metric:.6g}" if r.metric is not None else "n/a"
-        status = r.result.status.value + (f" ({r.result.failure.value})" if r.result.failure.value != "none" else "")
+        status = r.result.status_text()
         diag = r.analysis.diagnosis if r.analysis else ""
         lines.append(
             f"| {r.cycle} | {status} | {m} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.tokens_used} | {_cell(_fmt_params(v.params))} |"

@@ -144,7 +144,7 @@ def render_html(ctx: ReportContext) -> str:
     rows = []
     for v in ctx.views:
         r = v.record
-        status = r.result.status.value + (f" ({r.result.failure.value})" if r.result.failure.value != "none" else "")
+        status = r.result.status_text()
         rows.append([str(r.cycle), _e(status), _e(f"{r.metric:.6g}") if r.metric is not None else "n/a", "<span class=kept>kept</span>" if r.kept else _e(r.verdict),
                      _e(r.analysis.diagnosis if r.analysis else ""), f"{r.result.duration_s:.1f}", str(r.tokens_used),
                      f"{r.cost_usd:.4f}", _e(_fmt_params(v.params))])

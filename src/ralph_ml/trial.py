@@ -32,7 +32,9 @@ RALPH_PROGRESS_PATH    ``progress.jsonl``, one JSON object per ``report`` call
 RALPH_CONTROL_PATH     a JSON file the loop writes ``{"action": "stop"}`` into
 RALPH_STOP_AT_TARGET   ``{"name", "value", "direction"}`` of the target, when
                        ``pruning.stop_at_target`` is on: ``report`` returns True
-                       once the reported target metric meets it
+                       once the reported target metric meets it, and writes
+                       ``stopped.json`` into ``$RALPH_RUN_DIR`` (the step, the
+                       metric and its value), which the executor records
 =====================  ==========================================================
 
 This module is imported by every trial, so it uses the standard library only (no torch,
@@ -67,6 +69,7 @@ __all__ = [
 _STANDALONE_METRICS = "metrics.json"
 _STANDALONE_CHECKPOINTS = "checkpoints"
 _STANDALONE_DATA = "data"
+STOPPED_FILE = "stopped.json"  # in $RALPH_RUN_DIR: the step where report() saw the target met
 
 
 class TrialError(RalphError):
@@ -229,6 +232,11 @@ def _check_target(step: int, metrics: Mapping[str, Any]) -> None:
         return
     op = ">=" if maximize else "<="
     _stopped_at = f"{name} = {value:.6g} at step {step} meets the target ({name} {op} {goal:g})"
+    run_dir = os.environ.get("RALPH_RUN_DIR")
+    if run_dir:  # the executor puts it in the trial's result: stopped_by = "target", stopped_at_step
+        doc = {"by": "target", "step": step, "metric": name, "value": value, "target": goal,
+               "direction": spec["direction"], "time": time.time()}
+        _write_atomic(Path(run_dir) / STOPPED_FILE, json.dumps(doc, allow_nan=False) + "\n")
     print(
         f"ralph_ml.trial: {_stopped_at}: asking this trial to stop here (pruning.stop_at_target = false "
         "trains every trial to its end)",

@@ -131,6 +131,8 @@ print("train_loss: 0.1")
 @pytest.mark.parametrize("backend", ALL, indirect=True)
 def test_ok_trial_collects_metrics_logs_progress_and_checkpoints(backend: Backend, tmp_path: Path) -> None:
     spec = make_spec(tmp_path, f"{PY} train.py", eval_cmd=f"{PY} -c \"print('val_loss: 0.25')\"", files={"train.py": OK_TRAIN})
+    # What an attempt interrupted after stopping at its target left: not this attempt's.
+    (Path(spec.cycle_dir) / "stopped.json").write_text('{"by": "target", "step": 7}')
     handle = backend.make().submit(spec)
     result = finish(handle)
     assert result.status is TrialStatus.OK and result.failure is FailureClass.NONE, result.message
@@ -147,8 +149,34 @@ def test_ok_trial_collects_metrics_logs_progress_and_checkpoints(backend: Backen
     assert [json.loads(x)["step"] for x in (cdir / "progress.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert (cdir / "checkpoints" / "last.ckpt").read_bytes() == b"weights" * 1000
     assert json.loads((cdir / "metrics.json").read_text())["result"]["val_accuracy"] == 0.9
+    assert (result.stopped_by, result.stopped_at_step) == ("", None)  # it ran to its end
     # The handle is futures-shaped: the same result again, without blocking.
     assert handle.poll() == result and handle.done() and handle.wait(0) == result
+
+
+RISING = """\
+from ralph_ml import trial
+for step in range(10):
+    acc = 0.5 + 0.1 * step
+    if trial.report(step, val_accuracy=acc):
+        break
+trial.log_metrics(val_accuracy=acc, steps_done=step + 1)
+"""
+
+
+@pytest.mark.parametrize("backend", ALL, indirect=True)
+def test_a_trial_stopped_at_its_target_says_at_which_step(backend: Backend, tmp_path: Path) -> None:
+    """``trial.report`` stops the curve 0.5, 0.6, ... at step 3 (0.8 >= 0.75) and leaves
+    stopped.json in the cycle folder; the result says ``stopped_by = "target"`` at step 3, on
+    the driver's side too (ray-ship brings it back from the worker's private folder)."""
+    target = json.dumps({"name": "val_accuracy", "value": 0.75, "direction": "maximize"})
+    spec = make_spec(tmp_path, f"{PY} train.py", files={"train.py": RISING}, env={"RALPH_STOP_AT_TARGET": target})
+    result = finish(backend.make().submit(spec))
+    assert result.status is TrialStatus.OK, result.message
+    assert result.metrics["steps_done"] == 4 and result.metrics["val_accuracy"] == pytest.approx(0.8)
+    assert (result.stopped_by, result.stopped_at_step) == ("target", 3)
+    assert on_disk(spec.cycle_dir) == result
+    assert json.loads((Path(spec.cycle_dir) / "stopped.json").read_text())["step"] == 3
 
 
 @pytest.mark.parametrize("backend", ALL, indirect=True)

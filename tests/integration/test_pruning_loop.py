@@ -43,6 +43,8 @@ def test_median_pruner_stops_doomed_trials_which_keep_partial_metrics(exp) -> No
         m = json.loads((root / "runs" / f"cycle_{r['cycle']:04d}" / "metrics.json").read_text())
         assert m["status"] == "pruned" and "val_accuracy" in m["result"]
         assert "pruned at step" in r["result"]["message"]
+        assert r["result"]["stopped_by"] == "pruner"
+        assert f"pruned at step {r['result']['stopped_at_step']}:" in r["result"]["message"]
     # pruned cycles are not failures: no circuit breaker
     stop = [json.loads(line) for line in (root / "state" / "journal.jsonl").read_text().splitlines()][-1]
     assert stop["decision"]["reason"] == "max_cycles"
@@ -78,6 +80,41 @@ def test_a_trial_stops_at_the_step_its_curve_meets_the_target(exp) -> None:  # t
     assert [json.loads(line)["step"] for line in (cdir / "progress.jsonl").read_text().splitlines()] == list(range(7))
     stderr = (cdir / "logs" / "stderr.log").read_text()
     assert "val_accuracy = 0.903028 at step 6 meets the target (val_accuracy >= 0.9)" in stderr
+    # The record says so, and so do the analysis, the report and `ralph-ml status`.
+    assert (rec["result"]["stopped_by"], rec["result"]["stopped_at_step"]) == ("target", 6)
+    assert json.loads((cdir / "result.json").read_text())["stopped_at_step"] == 6
+    analysis = (cdir / "analysis.md").read_text()
+    assert "the trial stopped at step 6, where its reported val_accuracy first met the target" in analysis
+    assert "under-trained" not in analysis  # its loss was still falling because it was stopped
+    report = (root / "reports" / "final_report.md").read_text()
+    assert "| 1 | ok, stopped at the target (step 6) | 0.903028 |" in report
+    status = ralph(root, "status", check=True).stdout
+    assert "0.903028 at cycle 1 (stopped at step 6, where it met the target)" in status
+
+
+DISAGREES = """
+import math
+from ralph_ml import trial
+for step in range(20):
+    acc = 1 - math.exp(-(step + 1) / 3)
+    if trial.report(step, val_accuracy=acc):
+        break
+trial.log_metrics(val_accuracy=acc - 0.1)  # the evaluation scores lower than the per-step curve
+"""
+
+
+def test_a_trial_stopped_at_its_target_that_the_evaluation_does_not_confirm_is_diagnosed(exp) -> None:  # type: ignore[no-untyped-def]
+    """The curve met 0.9 at step 6 but the evaluation scored 0.803: not the target, so the run
+    goes on, and the analysis says that the per-step metric and the evaluation disagree."""
+    root = exp(DISAGREES, target=0.9, space=SPACE, safeguards={"max_cycles": 1})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # max_cycles, not the target
+    [rec] = recorded(root)
+    assert (rec["result"]["stopped_by"], rec["result"]["stopped_at_step"]) == ("target", 6)
+    assert rec["metric"] == pytest.approx(1 - math.exp(-7 / 3) - 0.1)
+    analysis = (root / "runs" / "cycle_0001" / "analysis.md").read_text()
+    assert "the evaluation scored 0.803028: the per-step val_accuracy and the evaluation disagree" in analysis
+    assert "pruning.stop_at_target = false" in analysis
 
 
 @pytest.mark.parametrize(
@@ -101,6 +138,8 @@ def test_a_trial_trains_to_its_end_when_stopping_at_the_target_is_off(exp, extra
         assert len(path.read_text().splitlines()) == 20, path
     assert rec["metric"] == pytest.approx(final)  # the repeat (another seed) draws the same curve
     assert "meets the target" not in (cdir / "logs" / "stderr.log").read_text()
+    assert (rec["result"]["stopped_by"], rec["result"]["stopped_at_step"]) == ("", None)
+    assert not (cdir / "stopped.json").exists()
 
 
 FAST_THEN_EVAL = """

@@ -27,13 +27,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ExecutorError
 from ..hashing import changed_files
 from ..journal import write_json_atomic
 from ..metrics import DEFAULT_METRICS_PATTERN, read_metrics
 from ..records import FailureClass, TrialResult, TrialSpec, TrialStatus
+from ..trial import STOPPED_FILE
 from .base import Executor, TrialHandle
 from .warm import WarmProcess, WarmStarter
 
@@ -260,6 +261,7 @@ class LocalTrialHandle(TrialHandle):
         self._metrics_path = metrics if metrics.is_absolute() else self._code_dir / metrics
         self._token = secrets.token_hex(16)
         self._env = {**os.environ, **spec.env, TOKEN_VAR: self._token}
+        self._stopped_path = Path(spec.env.get("RALPH_RUN_DIR") or self.cycle_dir) / STOPPED_FILE
         limit = spec.timeout_s
         self._limit_s: float | None = limit if limit > 0 and math.isfinite(limit) else None
 
@@ -274,6 +276,7 @@ class LocalTrialHandle(TrialHandle):
         try:
             logs.mkdir(parents=True, exist_ok=True)
             (self.cycle_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result would be read on resume
+            self._stopped_path.unlink(missing_ok=True)  # likewise what an interrupted attempt wrote
         except OSError as exc:
             raise ExecutorError(f"cannot prepare the cycle folder {self.cycle_dir}: {exc}") from exc
         self.started_at = time.time()
@@ -567,6 +570,7 @@ class LocalTrialHandle(TrialHandle):
             eval_seconds=self._eval_s,
             message=message,
             stderr_tail=read_tail(self.stderr_log) if tail is None else tail,
+            **self._stopped_at_target(),
         )
         self._result = result
         if not write:
@@ -575,6 +579,20 @@ class LocalTrialHandle(TrialHandle):
             write_json_atomic(self.cycle_dir / RESULT_FILE, result.to_dict())  # the journal fsync follows
         except OSError as exc:  # the result is still returned; only resuming from this file is lost
             log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
+
+
+    def _stopped_at_target(self) -> dict[str, Any]:
+        """``stopped_by``/``stopped_at_step`` from the stopped.json ``trial.report`` wrote when
+        the reported target metric met the target; nothing when there is none (or it is unreadable)."""
+        try:
+            doc = json.loads(self._stopped_path.read_text(encoding="utf-8"))
+            step = int(doc["step"])
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring %s, which cannot be read as the step a trial stopped at: %s", self._stopped_path, exc)
+            return {}
+        return {"stopped_by": "target", "stopped_at_step": step}
 
 
 def _swept_note(swept: set[int]) -> str:
