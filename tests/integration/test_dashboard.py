@@ -197,6 +197,34 @@ def test_a_flat_diverged_curve_draws_and_axis_ticks_end_past_float_precision(tmp
         browser.close()
 
 
+# The curve 1 - exp(-(step + 1) / 3) first meets 0.9 at step 6, where trial.report stops it.
+STOPS = """
+import math
+from ralph_ml import trial
+for step in range(20):
+    acc = 1 - math.exp(-(step + 1) / 3)
+    if trial.report(step, val_accuracy=acc):
+        break
+trial.log_metrics(val_accuracy=acc)
+"""
+
+
+def test_a_cycle_stopped_at_the_target_says_so_in_the_table(tmp_path: Path, dashboard: Any) -> None:
+    root = make_experiment(tmp_path / "exp", STOPS, target=0.9, safeguards={"max_cycles": 2})
+    assert ralph(root, "start").returncode == 0
+    url = dashboard(root)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        text = _wait(lambda: _row_text(page, 1), 15, "cycle 1 in the page's table")
+        assert "stopped at the target (step 6)" in text and "0.9030" in text, text
+        assert not errors, errors
+        browser.close()
+
+
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 

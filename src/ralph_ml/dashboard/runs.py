@@ -102,6 +102,7 @@ def cycle_row(rec: dict[str, Any]) -> dict[str, Any]:
         "kept": bool(rec.get("kept")),
         "status": res.get("status", ""),
         "failure": res.get("failure", "none"),
+        "stopped_at_step": res.get("stopped_at_step") if res.get("stopped_by") == "target" else None,
         "duration_s": round(max(0.0, float(res.get("ended_at", 0.0)) - float(res.get("started_at", 0.0))), 2),
         "params": prop.get("params") or {},
         "patch": bool(prop.get("patch")),
