@@ -591,9 +591,10 @@ class Loop:
             self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
         f.handle = None
         if self.pruner is not None and f.prune is not None:
-            if f.prune_verdict is not None and self._finished_first(f):
+            if f.prune_verdict is not None and (self._finished_first(f) or self._stopped_at_target(f)):
                 # Every step it reported was in before the stop request: it ran to its own end
                 # (a trial faster than the pruner's poll), so its complete result is recorded.
+                # Likewise a trial that stopped itself at the target: its evaluation decides.
                 self.emit("prune_late", {"cycle": f.cycle, "step": f.prune_verdict.step})
                 f.prune_verdict = None
             if f.prune_verdict is not None:
@@ -608,6 +609,13 @@ class Loop:
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)
             f.pruner_saw = True
+
+    @staticmethod
+    def _stopped_at_target(f: Flight) -> bool:
+        """A trial that went on past a stop request and then stopped itself, ok, where its
+        reported target metric met the target: the pruner was wrong about it."""
+        assert f.result is not None
+        return f.result.status is TrialStatus.OK and f.result.stopped_by == "target"
 
     @staticmethod
     def _finished_first(f: Flight) -> bool:

@@ -236,7 +236,10 @@ def _check_target(step: int, metrics: Mapping[str, Any]) -> None:
     if run_dir:  # the executor puts it in the trial's result: stopped_by = "target", stopped_at_step
         doc = {"by": "target", "step": step, "metric": name, "value": value, "target": goal,
                "direction": spec["direction"], "time": time.time()}
-        _write_atomic(Path(run_dir) / STOPPED_FILE, json.dumps(doc, allow_nan=False) + "\n")
+        try:
+            _write_atomic(Path(run_dir) / STOPPED_FILE, json.dumps(doc, allow_nan=False) + "\n")
+        except OSError as exc:  # the stop itself must not fail: only its record in result.json is lost
+            print(f"ralph_ml.trial: could not write {Path(run_dir) / STOPPED_FILE}: {exc}", file=sys.stderr, flush=True)
     print(
         f"ralph_ml.trial: {_stopped_at}: asking this trial to stop here (pruning.stop_at_target = false "
         "trains every trial to its end)",

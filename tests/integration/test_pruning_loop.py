@@ -142,6 +142,43 @@ def test_a_trial_trains_to_its_end_when_stopping_at_the_target_is_off(exp, extra
     assert not (cdir / "stopped.json").exists()
 
 
+LATE_BLOOMER = """
+import os, time
+from pathlib import Path
+from ralph_ml import trial
+p = trial.params({"x": 0.7})
+if p["x"] == 0.7:  # the baseline: a steady curve to 0.75
+    for step in range(6):
+        trial.report(step, val_accuracy=0.5 + 0.05 * step)
+        time.sleep(0.05)
+    trial.log_metrics(val_accuracy=0.75)
+else:  # low at first, so the median pruner asks it to stop ...
+    for step in range(4):
+        trial.report(step, val_accuracy=0.1)
+    control, deadline = Path(os.environ["RALPH_CONTROL_PATH"]), time.time() + 30
+    while not control.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    # ... but it trains on, and its next report meets the target: it stops there itself
+    stopped = trial.report(4, val_accuracy=0.99)
+    trial.log_metrics(val_accuracy=0.99, asked_to_stop_first=int(control.exists()), stopped=int(stopped))
+"""
+
+
+def test_a_trial_that_meets_the_target_after_a_prune_request_is_not_recorded_as_pruned(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(LATE_BLOOMER, target=0.95, space={"x": {"type": "categorical", "choices": [0.7, 0.0], "default": 0.7}},
+               safeguards={"max_cycles": 2},
+               extra={"pruning": {"pruner": "median", "n_startup_trials": 1, "n_warmup_steps": 1, "grace_s": 30}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # the target, met at cycle 2
+    first, second = recorded(root)
+    assert first["result"]["status"] == "ok" and second["proposal"]["params"] == {"x": 0.0}
+    assert second["result"]["metrics"]["asked_to_stop_first"] == 1 and second["result"]["metrics"]["stopped"] == 1
+    assert second["result"]["status"] == "ok" and second["metric"] == pytest.approx(0.99), second["result"]
+    assert (second["result"]["stopped_by"], second["result"]["stopped_at_step"]) == ("target", 4)
+    events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events if e["kind"] in ("prune", "prune_late")] == ["prune", "prune_late"]
+
+
 FAST_THEN_EVAL = """
 import math, time
 from ralph_ml import trial

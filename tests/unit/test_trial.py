@@ -315,8 +315,11 @@ print(json.dumps({"stopped": stopped, "should_stop": trial.should_stop()}))
 """
 
 
-def _run_curve(tmp_path: Path, curve: list[float], target: str | None) -> tuple[dict[str, object], list[int], str]:
-    """A real trial process reporting ``curve``, with $RALPH_STOP_AT_TARGET = ``target``."""
+def _run_curve(
+    tmp_path: Path, curve: list[float], target: str | None, run_dir: Path | None = None
+) -> tuple[dict[str, object], list[int], str]:
+    """A real trial process reporting ``curve``, with $RALPH_STOP_AT_TARGET = ``target``
+    (and $RALPH_RUN_DIR = ``run_dir``)."""
     script = tmp_path / "curve.py"
     script.write_text(_CURVE_SCRIPT)
     progress = tmp_path / "progress.jsonl"
@@ -325,6 +328,8 @@ def _run_curve(tmp_path: Path, curve: list[float], target: str | None) -> tuple[
     env.update(RALPH_PROGRESS_PATH=str(progress), RALPH_CONTROL_PATH=str(tmp_path / "control.json"))
     if target is not None:
         env["RALPH_STOP_AT_TARGET"] = target
+    if run_dir is not None:
+        env["RALPH_RUN_DIR"] = str(run_dir)
     out = subprocess.run([sys.executable, str(script), json.dumps(curve)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 or target is not None, out.stderr
     steps = [json.loads(line)["step"] for line in progress.read_text().splitlines()] if progress.exists() else []
@@ -338,6 +343,19 @@ def test_report_stops_the_trial_at_the_first_step_that_meets_a_maximized_target(
     assert steps == [1, 2, 3]  # the step that met it is recorded, nothing after it
     assert "val_accuracy = 0.9 at step 3 meets the target (val_accuracy >= 0.9)" in stderr
     assert "pruning.stop_at_target = false" in stderr
+
+
+def test_report_leaves_stopped_json_in_the_run_dir_and_still_stops_when_it_cannot(tmp_path: Path) -> None:
+    target = json.dumps({"name": "val_accuracy", "value": 0.9, "direction": "maximize"})
+    printed, _, _ = _run_curve(tmp_path, [0.5, 0.89, 0.9, 0.95], target, run_dir=tmp_path / "cycle")
+    doc = json.loads((tmp_path / "cycle" / "stopped.json").read_text())
+    assert printed["stopped"] == 3
+    assert {k: doc[k] for k in ("by", "step", "metric", "value", "target", "direction")} == {
+        "by": "target", "step": 3, "metric": "val_accuracy", "value": 0.9, "target": 0.9, "direction": "maximize"}
+    (tmp_path / "a-file").write_text("")
+    printed, _, stderr = _run_curve(tmp_path, [0.5, 0.89, 0.9, 0.95], target, run_dir=tmp_path / "a-file" / "cycle")
+    assert printed == {"stopped": 3, "should_stop": True}  # the stop does not depend on its record
+    assert "could not write" in stderr and "stopped.json" in stderr
 
 
 def test_report_stops_at_a_minimized_target_and_ignores_non_finite_values(tmp_path: Path) -> None:

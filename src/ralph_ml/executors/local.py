@@ -580,7 +580,6 @@ class LocalTrialHandle(TrialHandle):
         except OSError as exc:  # the result is still returned; only resuming from this file is lost
             log.warning("could not write %s: %s", self.cycle_dir / RESULT_FILE, exc)
 
-
     def _stopped_at_target(self) -> dict[str, Any]:
         """``stopped_by``/``stopped_at_step`` from the stopped.json ``trial.report`` wrote when
         the reported target metric met the target; nothing when there is none (or it is unreadable)."""
