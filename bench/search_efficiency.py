@@ -1,7 +1,7 @@
 """Compute to reach the target: ralph-ml's built-in agent against plain random search and TPE.
 
     python bench/search_efficiency.py [--templates digits mnist1d] [--seeds 0 1 2] [--max-cycles 20] [--runs runs.jsonl]
-    python bench/search_efficiency.py --from-runs runs.jsonl   # the tables again, from recorded runs
+    python bench/search_efficiency.py --from-runs runs.jsonl [more.jsonl]   # the tables again, from recorded runs
     python bench/search_efficiency.py --throughput      # K=2 vs K=1 trials/s on 1-second trials
 
 For each template, strategy and seed it runs the real CLI (`ralph-ml start`) in a fresh copy
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -123,14 +124,27 @@ def _row(strategy: str, rows: list[dict[str, Any]]) -> None:
           flush=True)
 
 
+def _interval(ours: list[float], theirs: list[float], stat: Any, n: int = 10_000) -> tuple[float, float]:
+    """95% bootstrap interval of stat(ours) / stat(theirs): the seeds of each strategy resampled
+    with replacement, each strategy on its own (a seed does not pair two strategies' runs)."""
+    rng = random.Random(0)
+    ratios = sorted(stat(rng.choices(ours, k=len(ours))) / stat(rng.choices(theirs, k=len(theirs))) for _ in range(n))
+    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
+
+
 def _ratios(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
-    """ralph-ml's CPU-seconds to stop over each plain baseline's (median and mean)."""
+    """ralph-ml's CPU-seconds to stop over each plain baseline's (median and mean), with the
+    95% bootstrap interval over seeds of each: random search's cost per run is heavy-tailed
+    (one lucky trial in some seeds, 8-15 in others), so 12 seeds leave a wide interval."""
     ours = [float(r["cpu_s"]) for r in by_strategy.get("ralph", [])]
     for plain in ("tpe", "random", "tpe-warm", "random-warm"):
         theirs = [float(r["cpu_s"]) for r in by_strategy.get(plain, [])]
         if ours and theirs:
-            print(f"\nralph / {plain}: {statistics.median(ours) / statistics.median(theirs):.2f}x (medians), "
-                  f"{statistics.mean(ours) / statistics.mean(theirs):.2f}x (means)", end="")
+            parts = []
+            for name, stat in (("medians", statistics.median), ("means", statistics.mean)):
+                lo, hi = _interval(ours, theirs, stat)
+                parts.append(f"{stat(ours) / stat(theirs):.2f}x ({name}; 95% interval {lo:.2f}-{hi:.2f})")
+            print(f"\nralph / {plain}: " + ", ".join(parts), end="")
     print()
 
 
@@ -155,9 +169,9 @@ def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_p
         _ratios(by_strategy)
 
 
-def tables_from_runs(path: Path) -> None:
-    """Print the tables again from a --runs file (runs in the order they were recorded)."""
-    runs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def tables_from_runs(paths: list[Path]) -> None:
+    """Print the tables again from one or more --runs files (their runs pooled, seed by seed)."""
+    runs = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
     for template in dict.fromkeys(r["template"] for r in runs):
         mine = [r for r in runs if r["template"] == template]
         _header(template, sorted({int(r["seed"]) for r in mine}), max(int(r.get("max_cycles", 0)) for r in mine))
@@ -203,7 +217,8 @@ def main() -> None:
     ap.add_argument("--max-cycles", type=int, default=20)
     ap.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), help="default: all, in this order")
     ap.add_argument("--runs", type=Path, help="append every run, with its cycles, to this JSON-lines file")
-    ap.add_argument("--from-runs", type=Path, help="only print the tables again from a --runs file")
+    ap.add_argument("--from-runs", type=Path, nargs="+",
+                    help="only print the tables again from --runs files (several: their runs pooled)")
     ap.add_argument("--throughput", action="store_true", help="only the K=2 vs K=1 throughput check")
     args = ap.parse_args()
     if args.throughput:
