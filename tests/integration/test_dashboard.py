@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -105,6 +106,20 @@ def _row_text(page: Page, cycle: int) -> str | None:
     return row.inner_text() if row is not None else None
 
 
+@contextmanager
+def _page(url: str) -> Iterator[Page]:
+    """The dashboard at url in headless Chromium; the page must raise no script error meanwhile."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        yield page
+        assert not errors, errors
+        browser.close()
+
+
 def test_cycles_of_a_running_loop_appear_in_chromium(tmp_path: Path, dashboard: Any) -> None:
     # Enough cycles to outlast Chromium's first start on a loaded machine (6 were not: the run had
     # ended before the page opened); the test stops the loop when it is done.
@@ -178,13 +193,7 @@ print(f"val_accuracy: {p['x']:.6f}")
 def test_a_flat_diverged_curve_draws_and_axis_ticks_end_past_float_precision(tmp_path: Path, dashboard: Any) -> None:
     root = make_experiment(tmp_path / "exp", FLAT, target=1.5, safeguards={"max_cycles": 1})
     assert ralph(root, "start").returncode == 2
-    url = dashboard(root)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
+    with _page(dashboard(root)) as page:
         page.wait_for_selector("#log", timeout=15_000)
         # the log is drawn after the charts: it shows only if drawing the flat curve returned
         page.wait_for_function("document.getElementById('log').textContent.includes('flat-marker')", timeout=10_000)
@@ -193,8 +202,6 @@ def test_a_flat_diverged_curve_draws_and_axis_ticks_end_past_float_precision(tmp
         # a metric of 1e17 that moves by 16): a loop that adds the step to the tick never ends and
         # freezes the page's script; counted by index they end.
         page.wait_for_function("ticks(1e17, 1e17 + 16, 5).length >= 0 && ticks(2 ** 53, 2 ** 53, 5).length >= 0", timeout=5_000)
-        assert not errors, errors
-        browser.close()
 
 
 # The curve 1 - exp(-(step + 1) / 3) first meets 0.9 at step 6, where trial.report stops it.
@@ -212,17 +219,9 @@ trial.log_metrics(val_accuracy=acc)
 def test_a_cycle_stopped_at_the_target_says_so_in_the_table(tmp_path: Path, dashboard: Any) -> None:
     root = make_experiment(tmp_path / "exp", STOPS, target=0.9, safeguards={"max_cycles": 2})
     assert ralph(root, "start").returncode == 0
-    url = dashboard(root)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url)
+    with _page(dashboard(root)) as page:
         text = _wait(lambda: _row_text(page, 1), 15, "cycle 1 in the page's table")
         assert "stopped at the target (step 6)" in text and "0.9030" in text, text
-        assert not errors, errors
-        browser.close()
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
