@@ -329,7 +329,13 @@ class Pruning(_Model):
 class Branching(_Model):
     """Code-changing cycles may branch from any recorded version, not only the best."""
 
-    max_fix_attempts: int = Field(default=2, ge=0)  # times a failed version may be handed back for a fix
+    # Times a failed version may be handed back for a fix (the loop refuses more). The shipped
+    # code agents (openai patches, coding-agent CLIs) hand back a failed code change, and a
+    # failed fix in turn, until the chain of fixes is this long (0: they never fix).
+    max_fix_attempts: int = Field(default=2, ge=0)
+    # Their improvements build on the top_k best versions, each time the one with the fewest
+    # children in flight (1: always the best; K with max_concurrency = K spreads parallel changes).
+    top_k: int = Field(default=1, ge=1, le=100)
 
 
 class Noise(_Model):

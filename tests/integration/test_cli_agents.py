@@ -171,6 +171,27 @@ def test_claude_code_edits_are_diffed_guarded_and_the_rejection_reaches_the_next
     assert state["budgets"]["tokens_used"] == 1700 + 1200 + 1200
 
 
+def test_a_cli_edit_that_crashes_is_handed_back_in_the_failed_version_with_its_error(tmp_path: Path, fake_cli: Any) -> None:
+    set_plan, read_log = fake_cli
+    set_plan([
+        {"edit": {"train.py": [["BONUS = 0.0", "BONUS = 0.01 * undefined_scale"]]}},  # cycle 1: NameError
+        {"edit": {"train.py": [["BONUS = 0.01 * undefined_scale", "BONUS = 0.01"]]}},  # cycle 2: only in the failed code
+        {"edit": BONUS_2},  # cycle 3: on the best, the fix
+    ])
+    root = _exp(tmp_path / "exp", "claude-code", max_cycles=3)
+    d = _run(root)
+    recs, log = recorded(root), read_log()
+    assert d.reason is not None and d.reason.value == "max_cycles"
+    assert [r["verdict"] for r in recs] == ["failed", "kept", "kept"]
+    assert recs[0]["result"]["failure"] == "crash" and recs[0]["parent"] is None
+    assert "FAILED" in log[1]["prompt"] and "NameError: name 'undefined_scale' is not defined" in log[1]["prompt"]
+    assert "fix of cycle 1 (crash), attempt 1 of 2" in log[1]["prompt"]
+    fix = recs[1]
+    assert fix["proposal"]["meta"]["mode"] == "fix" and fix["proposal"]["meta"]["fix_of"] == 1 and fix["parent"] == 1
+    assert fix["proposal"]["params"] == {} and fix["metric"] == pytest.approx(0.65)  # the failed version's params
+    assert recs[2]["parent"] == 2 and recs[2]["proposal"]["meta"]["mode"] == "patch" and recs[2]["metric"] == pytest.approx(0.66)
+
+
 def test_codex_opencode_and_aider_get_their_non_interactive_flags_and_report_usage(tmp_path: Path, fake_cli: Any) -> None:
     set_plan, read_log = fake_cli
     set_plan([{"edit": BONUS_1, "usage": [2000, 500, 0.02]}] * 3)  # one step per run, runs share the log

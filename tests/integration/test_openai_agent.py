@@ -7,6 +7,7 @@ guards, executor and journal run as in production.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,14 @@ STALE_PATCH = """\
 
 
 def _exp(root: Path, url: str, *, llm: dict[str, Any] | None = None, safeguards: dict[str, Any] | None = None,
-         agents: dict[str, Any] | None = None, train: str = TRAIN) -> Path:
+         agents: dict[str, Any] | None = None, train: str = TRAIN, extra: dict[str, Any] | None = None) -> Path:
     return make_experiment(
         root, train, target=0.999,
         safeguards={"max_cycles": 8, "no_improvement_stop_cycles": 10, **(safeguards or {})},
         extra={
             "agents": {"code_model": "openai", **(agents or {})},
             "agents.llm": {"base_url": url, "api_key_env": "", "retry_backoff_s": 0.01, "timeout_s": 10, **(llm or {})},
+            **(extra or {}),
         },
     )
 
@@ -172,6 +174,132 @@ def test_initial_code_is_written_from_program_md_as_plan_and_train_py(tmp_path: 
     assert (code / "PLAN.md").read_text().startswith("# Plan") and (code / "train.py").read_text() == INITIAL_TRAIN
     assert "new file mode" in (root / "runs" / "cycle_0001" / "patch.diff").read_text()
     assert not (root / "train.py").exists()
+
+
+CRASH_PATCH = """\
+--- a/train.py
++++ b/train.py
+@@ -1,3 +1,3 @@
+ import json, os
+-BONUS = 0.0
++BONUS = 0.01 * undefined_scale
+ p = json.load(open(os.environ["RALPH_PARAMS"]))
+"""
+
+
+def _fix(bad: str, good: str) -> str:
+    """A diff against the failed version's train.py (CRASH_PATCH applied)."""
+    return (f"--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,3 @@\n import json, os\n-BONUS = {bad}\n+BONUS = {good}\n"
+            ' p = json.load(open(os.environ["RALPH_PARAMS"]))\n')
+
+
+def test_a_change_that_crashes_is_handed_back_with_its_error_and_the_fix_builds_on_it(tmp_path: Path) -> None:
+    script = [
+        # cycle 1 measures the code as it is (baseline, no call)
+        ok({"rationale": "scale the bonus", "patch": CRASH_PATCH}),  # cycle 2: NameError when it runs
+        ok({"rationale": "define the scale", "patch": _fix("0.01 * undefined_scale", "0.01")}),  # cycle 3: the fix
+        ok({"rationale": "bigger bonus", "files": {"train.py": TRAIN.replace("BONUS = 0.0", "BONUS = 0.02")}}),  # cycle 4
+    ]
+    with FakeLLM(script) as srv:
+        root = _exp(tmp_path / "exp", srv.url, llm={"mode": "patch"}, safeguards={"max_cycles": 4})
+        _run(root)
+        prompts = srv.user_prompts()
+    recs = recorded(root)
+    assert [r["verdict"] for r in recs] == ["kept", "failed", "kept", "kept"]
+    assert recs[1]["result"]["failure"] == "crash" and "undefined_scale" in recs[1]["result"]["stderr_tail"]
+    # cycle 3 was asked to fix cycle 2, shown the failed version's code and its error
+    assert prompts[1].startswith("# Task: fix the code change that failed, for cycle 3")
+    assert "BONUS = 0.01 * undefined_scale" in prompts[1] and "NameError: name 'undefined_scale' is not defined" in prompts[1]
+    assert "fix of cycle 2 (crash), attempt 1 of 2" in prompts[1]
+    fix = recs[2]
+    assert fix["proposal"]["meta"]["mode"] == "fix" and fix["proposal"]["meta"]["fix_of"] == 2
+    assert fix["parent"] == 2 and fix["metric"] == pytest.approx(0.65)
+    # cycle 4 improves the best (the fix), whose code is cycle 2's change plus its fix
+    assert prompts[2].startswith("# Task: propose a code change for cycle 4") and "BONUS = 0.01\n" in prompts[2]
+    assert recs[3]["parent"] == 3 and recs[3]["proposal"]["meta"]["mode"] == "patch"
+    assert "-BONUS = 0.01\n+BONUS = 0.02" in recs[3]["proposal"]["patch"] and recs[3]["metric"] == pytest.approx(0.66)
+    tree = json.loads((root / "reports" / "versions.json").read_text())
+    assert {n["cycle"]: n["parent"] for n in tree} == {1: None, 2: 1, 3: 2, 4: 3}
+    assert "cycle 3 [kept] val_accuracy 0.65 · fix of 2: patch train.py" in (root / "reports" / "final_report.md").read_text()
+
+
+def test_a_failed_fix_is_handed_back_until_max_fix_attempts_then_the_best_is_improved(tmp_path: Path) -> None:
+    script = [
+        ok({"rationale": "scale the bonus", "patch": CRASH_PATCH}),  # cycle 2: crashes
+        ok({"rationale": "another name", "patch": _fix("0.01 * undefined_scale", "0.01 * still_undefined")}),  # 3: crashes
+        ok({"rationale": "small bonus", "patch": BONUS_PATCH}),  # cycle 4: chain of fixes used up: on the best (cycle 1)
+    ]
+    with FakeLLM(script) as srv:
+        root = _exp(tmp_path / "exp", srv.url, llm={"mode": "patch"}, safeguards={"max_cycles": 4},
+                    extra={"branching": {"max_fix_attempts": 1}})
+        _run(root)
+        prompts = srv.user_prompts()
+    recs = recorded(root)
+    assert [r["verdict"] for r in recs] == ["kept", "failed", "failed", "kept"]
+    assert recs[2]["parent"] == 2 and recs[2]["proposal"]["meta"]["fix_of"] == 2
+    assert "still_undefined" in recs[2]["result"]["stderr_tail"]
+    assert "attempt 1 of 1" in prompts[1]
+    assert prompts[2].startswith("# Task: propose a code change for cycle 4") and "undefined_scale" not in prompts[2].split("## Program")[0]
+    assert recs[3]["parent"] == 1 and recs[3]["proposal"]["meta"]["mode"] == "patch" and recs[3]["metric"] == pytest.approx(0.65)
+
+
+SLOW_TRAIN = TRAIN + "import time; time.sleep(0.3)  # long enough for the two trials in flight to overlap\n"
+
+
+def _delta(cycle: int) -> float:
+    return -0.002 * cycle if cycle % 3 == 0 else 0.001 * cycle  # every third change makes things worse
+
+
+def _bump(body: dict[str, Any]) -> Reply:
+    """The fake LLM's reply to any patch prompt: the code it was shown, its BONUS moved by _delta(cycle)."""
+    prompt = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    bonus = float(re.search(r"^BONUS = (-?[0-9.]+)$", prompt, re.M).group(1))  # type: ignore[union-attr]
+    cycle = int(re.search(r"for cycle (\d+)", prompt).group(1))  # type: ignore[union-attr]
+    new = SLOW_TRAIN.replace("BONUS = 0.0", f"BONUS = {bonus + _delta(cycle):.3f}")
+    return ok({"rationale": f"bonus {_delta(cycle):+.3f}", "files": {"train.py": new}})
+
+
+def test_with_two_trials_at_once_and_top_k_2_parallel_changes_build_on_different_top_versions(tmp_path: Path) -> None:
+    with FakeLLM(default=_bump) as srv:
+        root = make_experiment(
+            tmp_path / "exp", SLOW_TRAIN, target=0.999, safeguards={"max_cycles": 8, "no_improvement_stop_cycles": 10},
+            execution={"max_concurrency": 2},
+            extra={"agents": {"code_model": "openai"}, "branching": {"top_k": 2},
+                   "agents.llm": {"base_url": srv.url, "api_key_env": "", "mode": "patch", "timeout_s": 10}},
+        )
+        d = _run(root)
+    assert d.reason is not None and d.reason.value == "max_cycles"
+    recs = {r["cycle"]: r for r in recorded(root)}
+    assert len(recs) == 8 and all(r["result"]["status"] == "ok" for r in recs.values())
+    assert recs[1]["proposal"]["meta"]["mode"] == "baseline"
+    assert recs[2]["proposal"]["meta"]["mode"] == "patch"  # not a second baseline while the first is in flight
+    # replay the journal: each patch started while another cycle was in flight builds on a
+    # different version than that one, once two versions have run
+    in_flight: dict[int, Any] = {}
+    scored: list[int] = []
+    overlapped = 0
+    for line in (root / "state" / "journal.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e["type"] == "cycle_started":
+            c = e["cycle"]
+            parent = recs[c]["parent"]
+            if len(scored) >= 2 and in_flight:
+                overlapped += 1
+                assert parent not in in_flight.values(), (c, parent, in_flight)
+                assert parent in sorted(scored, key=lambda s: -recs[s]["metric"])[:2]
+            if e["proposal"]["patch"]:
+                assert e["proposal"]["meta"]["parent"] == parent  # the version the agent was shown is the one built
+            in_flight[c] = parent
+        elif e["type"] == "cycle_recorded":
+            in_flight.pop(e["record"]["cycle"])
+            scored.append(e["record"]["cycle"])
+    assert overlapped >= 3
+    assert len({recs[c]["parent"] for c in range(3, 9)}) >= 3  # a tree, not a chain on the best
+    # every child's code is its parent's plus its own change
+    for c in range(2, 9):
+        p = recs[c]["parent"]
+        shown = 0.0 if p is None else float(re.search(r"BONUS = (-?[0-9.]+)", (root / "runs" / f"cycle_{p:04d}" / "code" / "train.py").read_text()).group(1))  # type: ignore[union-attr]
+        assert f"BONUS = {shown + _delta(c):.3f}" in (root / "runs" / f"cycle_{c:04d}" / "code" / "train.py").read_text()
 
 
 SECRET = "sk-ralph-test-SECRET-4f9c2b7e1d"

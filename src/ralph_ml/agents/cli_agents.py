@@ -27,7 +27,8 @@ from ._text import clip, redact, secret_values
 from .base import Agent, AgentContext
 from .briefing import base_values, render
 from .cli_backends import BACKENDS, CLIBackend, CLIUsage
-from .codebase import PLAN_FILE, diff_trees, materialize_best, missing_mutable, read_tree
+from . import branching
+from .codebase import PLAN_FILE, diff_trees, materialize, missing_mutable, read_tree
 from .openai_agent import baseline, baseline_proposal
 from .prompts import PLACEHOLDERS, Prompts
 
@@ -157,6 +158,12 @@ INITIAL_TASK = (
 )
 
 
+FIX_TASK = (
+    "\nThe files here are a version whose change FAILED when it ran. Find the cause in the error below and fix it "
+    "so the training runs and reports its metric; keep the idea of the change and change nothing else.\n\n{failed}\n"
+)
+
+
 class CLIAgent(Agent):
     """A coding-agent CLI proposing patches (``agents.code_model`` = claude-code/opencode/codex/aider)."""
 
@@ -173,16 +180,20 @@ class CLIAgent(Agent):
         budget_gate(ctx.tokens_left, ctx.cost_left_usd, self.name)
         with tempfile.TemporaryDirectory(prefix=f"ralph-{self.name}-") as tmp:
             code = Path(tmp) / "code"
-            materialize_best(cfg, ctx.history, code)
+            on = branching.choose(cfg, ctx)  # a failed change to fix, or the version to improve
+            materialize(cfg, ctx.history, on.cycle, code)
             agent_dir = Path(ctx.cycle_dir) / "agent" if ctx.cycle_dir else Path(tmp) / "agent"
             before = read_tree(code, cfg.files.exclude)
             missing = missing_mutable(code, cfg)
-            mode = "initial" if missing else "patch"
-            if not missing and (first := baseline_proposal(cfg, ctx, self.name)) is not None:
+            mode = "initial" if missing else ("fix" if on.fix_of is not None else "patch")
+            if mode == "patch" and (first := baseline_proposal(cfg, ctx, self.name)) is not None:
                 return first  # measure the code as it is before paying for an agent run
             values = base_values(cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={})
             if missing:
                 values["task"] = INITIAL_TASK.format(plan=PLAN_FILE, missing=", ".join(missing), frozen=values["frozen"])
+            elif on.fix_of is not None:
+                failed = next(r for r in ctx.history if r.cycle == on.fix_of)
+                values["task"] = FIX_TASK.format(failed=branching.failure_brief(failed, on.why))
             prompt = render(self.prompts, "cli_code.md", values, cfg.agents.llm.prompt_budget_chars)
             files = sorted({*(p for p in before if matches(p, cfg.files.mutable)), *missing})
             run = run_cli(
@@ -193,6 +204,9 @@ class CLIAgent(Agent):
         patch, binary = diff_trees(before, after)
         tokens, cost = run.usage.tokens, usage_cost(cli, run.usage)
         meta: dict[str, object] = {"mode": mode, "transcript": str(run.transcript), "duration_s": round(run.duration_s, 3)}
+        if mode != "initial":
+            meta.update(on.meta)  # built on the version the agent edited
+            meta["base"] = on.why
         problem = run.failure(cli.timeout_s)
         if problem is not None:
             raise AgentError(
@@ -208,7 +222,7 @@ class CLIAgent(Agent):
         if binary:
             meta["binary_ignored"] = binary
         rationale = " ".join(run.usage.text.split())[:300] or f"{self.name} edit"
-        params = (baseline(cfg.search_space) or {}) if ctx.best is None else {}  # nothing kept yet: the defaults
+        params = (baseline(cfg.search_space) or {}) if on.cycle is None else {}  # on the workspace: the defaults
         return Proposal(params=params, patch=patch, rationale=rationale, agent=self.name, tokens_used=tokens, cost_usd=cost, meta=meta)
 
 

@@ -1,9 +1,10 @@
-"""The code an agent works on: the current best code, rebuilt as the loop builds it, and diffs.
+"""The code an agent works on: a recorded version's code, rebuilt as the loop builds it, and diffs.
 
-:func:`materialize_best` copies the workspace and re-applies the patches of the kept lineage,
-exactly as the loop does before applying a new cycle's patch, so a diff taken against it
-applies to the next cycle's code. :func:`diff_texts` turns before/after file contents into
-one git-style unified diff (created and deleted files included).
+:func:`materialize` copies the workspace and re-applies the patches of a version's chain of
+parents (:func:`ralph_ml.versions.chain`), exactly as the loop does before applying a new
+cycle's patch on that version, so a diff taken against it applies to the child's code.
+:func:`materialize_best` does it for the best version. :func:`diff_texts` turns before/after
+file contents into one git-style unified diff (created and deleted files included).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..config import Config
 from ..errors import AgentError, GuardRejected, WorkspaceError
 from ..guard import matches
 from ..records import CycleRecord
+from ..versions import chain
 from ..workspace import apply_patch, snapshot
 
 PLAN_FILE = "PLAN.md"
@@ -29,20 +31,30 @@ def workspace(cfg: Config) -> Path:
     return cfg.path(cfg.paths.workspace)
 
 
-def materialize_best(cfg: Config, history: Sequence[CycleRecord], dest: Path) -> None:
-    """Copy the workspace into ``dest`` and apply the kept cycles' patches in order."""
+def materialize(cfg: Config, history: Sequence[CycleRecord], version: int | None, dest: Path) -> None:
+    """Copy the workspace into ``dest`` and apply the patches from the workspace down to ``version``."""
     ws = workspace(cfg)
     skip = [cfg.path(cfg.paths.runs), cfg.path(cfg.paths.reports), cfg.path(cfg.paths.state)]
     try:
         snapshot(ws, dest, exclude=cfg.files.exclude, skip=skip)
-        for rec in history:
-            if rec.kept and rec.proposal.patch:
-                apply_patch(dest, rec.proposal.patch)
+        for patch in chain(version, {r.cycle: r for r in history}):
+            apply_patch(dest, patch)
     except (GuardRejected, WorkspaceError) as exc:
+        which = "the workspace" if version is None else f"version {version} (cycle {version}'s code)"
         raise AgentError(
-            f"could not rebuild the current best code for the agent in {dest}: {exc}. "
+            f"could not rebuild {which} for the agent in {dest}: {exc}. "
             "Check that the workspace still matches the run (`git status`), or start a new run."
         ) from None
+
+
+def best_version(history: Sequence[CycleRecord]) -> int | None:
+    """The cycle of the best version: the last kept one (None: the workspace)."""
+    return next((r.cycle for r in reversed(history) if r.kept), None)
+
+
+def materialize_best(cfg: Config, history: Sequence[CycleRecord], dest: Path) -> None:
+    """The best version's code in ``dest`` (the workspace when nothing was kept)."""
+    materialize(cfg, history, best_version(history), dest)
 
 
 def program_text(cfg: Config) -> tuple[str, str]:

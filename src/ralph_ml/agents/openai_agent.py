@@ -13,7 +13,10 @@ Modes (``agents.llm.mode``):
 
 When a mutable file named in ``files.mutable`` does not exist yet (a workspace with only
 ``program.md``/``IDEA.md`` and the frozen evaluation), the agent first writes ``PLAN.md``
-and the code, as a patch creating the files.
+and the code, as a patch creating the files (draft). A code change that ran and failed is
+handed back with its error for a fix (debug: mode ``fix``, ``fix_patch.md``), and other
+changes build on one of the ``branching.top_k`` best versions (improve): see
+:mod:`ralph_ml.agents.branching`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from ._text import ReplyInvalid
 from .base import Agent, AgentContext
 from .briefing import base_values, render
 from .budget import make_budget
-from .codebase import PLAN_FILE, code_files, diff_texts, materialize_best, missing_mutable, read_tree
+from . import branching
+from .codebase import PLAN_FILE, best_version, code_files, diff_texts, materialize, missing_mutable, read_tree
 from .llm_client import ChatClient, Transcript
 from .prompts import PLACEHOLDERS, Prompts
 
-_TEMPLATES = ("system.md", "propose_params.md", "propose_patch.md", "initial_code.md")
+_TEMPLATES = ("system.md", "propose_params.md", "propose_patch.md", "fix_patch.md", "initial_code.md")
 
 
 # ---------------------------------------------------------------------------- params
@@ -108,9 +112,10 @@ def baseline_proposal(cfg: Config, ctx: AgentContext, agent: str) -> Proposal | 
     """Cycle 1 with ``agents.llm.baseline_first``: the current code with the defaults, no call.
 
     It gives the agent a measured starting point for free. None when the history is not
-    empty, or when the search space lacks a default (there is no baseline to run).
+    empty or the baseline is already in flight (parallel trials), or when the search space
+    lacks a default (there is no baseline to run).
     """
-    if not cfg.agents.llm.baseline_first or ctx.history:
+    if not cfg.agents.llm.baseline_first or ctx.history or ctx.pending:
         return None
     bl = baseline(cfg.search_space)
     if cfg.search_space and bl is None:
@@ -234,7 +239,7 @@ class OpenAIAgent(Agent):
         streak = invalid = 0
         for rec in history:
             streak = 0 if rec.kept else streak + 1
-            if rec.proposal.meta.get("mode") in ("patch", "initial"):
+            if rec.proposal.meta.get("mode") in ("patch", "fix", "initial"):
                 invalid = invalid + 1 if rec.verdict == "invalid" else 0
                 if invalid >= self.llm.max_invalid_patches:
                     streak = invalid = 0  # back to params for another hybrid_patch_after cycles
@@ -243,16 +248,22 @@ class OpenAIAgent(Agent):
     def propose(self, ctx: AgentContext) -> Proposal:
         with tempfile.TemporaryDirectory(prefix="ralph-openai-") as tmp:
             base = Path(tmp) / "code"
-            materialize_best(self.cfg, ctx.history, base)
+            mode = self.mode_for(ctx.history)
+            on = branching.choose(self.cfg, ctx)  # a failed change to fix, or the version to improve
+            if on.fix_of is None and mode == "params":
+                on = branching.Base(best_version(ctx.history), why="params on the best version")
+            materialize(self.cfg, ctx.history, on.cycle, base)
             missing = missing_mutable(base, self.cfg)
-            mode = "initial" if missing else self.mode_for(ctx.history)
-            if mode != "initial" and (first := baseline_proposal(self.cfg, ctx, self.name)) is not None:
+            mode = "initial" if missing else ("fix" if on.fix_of is not None else mode)
+            if mode not in ("initial", "fix") and (first := baseline_proposal(self.cfg, ctx, self.name)) is not None:
                 return first
             code = code_files(base, self.cfg)
             frozen = {p: t for p, t in self._frozen_text(base).items() if p not in code}
             values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen})
             values["missing"] = ", ".join(missing)
-            template, schema, validate = self._mode(mode, base, ctx, missing)
+            if on.fix_of is not None:
+                values["failed"] = branching.failure_brief(self._record(ctx, on.fix_of), on.why)
+            template, schema, validate = self._mode(mode, base, ctx, missing, on)
             messages = [
                 {"role": "system", "content": render(self.prompts, "system.md", values, 4_000)},
                 {"role": "user", "content": render(self.prompts, template, values, self.llm.prompt_budget_chars)},
@@ -273,6 +284,9 @@ class OpenAIAgent(Agent):
                 transcript=transcript, meta={"mode": mode},
             )
         meta = {**proposal.meta, "level": self.client.level, "model": self.llm.model}
+        if proposal.patch and mode != "initial":
+            meta.update(on.meta)  # built on the version the agent saw (the loop's default is the best at build time)
+            meta["base"] = on.why
         if transcript.path is not None:
             meta["transcript"] = str(transcript.path)
         return replace(proposal, tokens_used=tokens, cost_usd=cost, meta=meta)
@@ -286,8 +300,12 @@ class OpenAIAgent(Agent):
                 out[rel] = data.decode("utf-8", errors="replace")
         return out
 
+    @staticmethod
+    def _record(ctx: AgentContext, cycle: int) -> CycleRecord:
+        return next(r for r in ctx.history if r.cycle == cycle)
+
     def _mode(
-        self, mode: str, base: Path, ctx: AgentContext, missing: list[str]
+        self, mode: str, base: Path, ctx: AgentContext, missing: list[str], on: branching.Base
     ) -> tuple[str, dict[str, Any], Callable[[dict[str, Any]], Proposal]]:
         space = self.cfg.search_space
 
@@ -313,10 +331,11 @@ class OpenAIAgent(Agent):
 
             return "propose_params.md", params_reply_schema(space), v_params
 
-        if mode == "patch":
+        if mode in ("patch", "fix"):
 
-            # Without a kept cycle there are no best params to inherit: start from the defaults.
-            start = (baseline(space) or {}) if ctx.best is None else {}
+            # Built on the workspace there are no params to inherit: start from the defaults
+            # (on a recorded version the loop starts from that version's params).
+            start = (baseline(space) or {}) if on.cycle is None else {}
 
             def v_patch(data: dict[str, Any]) -> Proposal:
                 params = {**start, **(validate_params(data["params"], space) if data.get("params") else {})}
@@ -333,9 +352,9 @@ class OpenAIAgent(Agent):
                         )
                 else:
                     raise ReplyInvalid('send "patch" (a unified diff) or "files" (complete new file contents)')
-                return Proposal(params=params, patch=patch, rationale=_rationale(data), agent=self.name, meta={"mode": "patch"})
+                return Proposal(params=params, patch=patch, rationale=_rationale(data), agent=self.name, meta={"mode": mode})
 
-            return "propose_patch.md", PATCH_SCHEMA, v_patch
+            return ("fix_patch.md" if mode == "fix" else "propose_patch.md"), PATCH_SCHEMA, v_patch
 
         def v_initial(data: dict[str, Any]) -> Proposal:
             plan = data.get("plan")

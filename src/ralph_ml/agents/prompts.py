@@ -20,6 +20,7 @@ TEMPLATES = (
     "system.md",
     "propose_params.md",
     "propose_patch.md",
+    "fix_patch.md",
     "initial_code.md",
     "analyze.md",
     "cli_code.md",
@@ -76,4 +77,5 @@ PLACEHOLDERS = (
     "cycle", "target", "target_name", "direction", "program", "program_name", "space", "best", "history",
     "experience", "feedback", "code", "mutable", "frozen", "missing", "train_cmd", "task", "change", "status",
     "verdict", "metric", "metrics", "message", "curve", "stdout_tail", "stderr_tail", "builtin", "analysis",
+    "failed",
 )
