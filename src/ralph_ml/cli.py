@@ -71,6 +71,11 @@ class LinePrinter:
             extra = " (recovering the interrupted cycle)" if d.get("recovering") else ""
             p(f"\n[bold][CYCLE {d['cycle']} STARTED][/]{extra}")
             p(f"└─ Proposal: {d['proposal'].get('rationale', '')}")
+            meta = d["proposal"].get("meta") or {}
+            if meta.get("fix_of") is not None:
+                p(f"   → fix of cycle {meta['fix_of']}, built on its failed code")
+            elif meta.get("parent") is not None and d["proposal"].get("patch"):
+                p(f"   → on version {meta['parent']}" + (f" ({meta['base']})" if meta.get("base") else ""))
             if params:
                 p("   → " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
         elif kind == "recovered":

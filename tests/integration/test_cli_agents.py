@@ -179,9 +179,11 @@ def test_a_cli_edit_that_crashes_is_handed_back_in_the_failed_version_with_its_e
         {"edit": BONUS_2},  # cycle 3: on the best, the fix
     ])
     root = _exp(tmp_path / "exp", "claude-code", max_cycles=3)
-    d = _run(root)
+    proc = ralph(root, "start", "--plain")  # the real CLI, as a user runs it
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # max cycles
+    assert "→ fix of cycle 1, built on its failed code" in proc.stdout
+    assert "→ on version 2 (improve the best version: cycle 2, 0.65)" in proc.stdout
     recs, log = recorded(root), read_log()
-    assert d.reason is not None and d.reason.value == "max_cycles"
     assert [r["verdict"] for r in recs] == ["failed", "kept", "kept"]
     assert recs[0]["result"]["failure"] == "crash" and recs[0]["parent"] is None
     assert "FAILED" in log[1]["prompt"] and "NameError: name 'undefined_scale' is not defined" in log[1]["prompt"]

@@ -216,6 +216,7 @@ def test_a_change_that_crashes_is_handed_back_with_its_error_and_the_fix_builds_
     assert fix["parent"] == 2 and fix["metric"] == pytest.approx(0.65)
     # cycle 4 improves the best (the fix), whose code is cycle 2's change plus its fix
     assert prompts[2].startswith("# Task: propose a code change for cycle 4") and "BONUS = 0.01\n" in prompts[2]
+    assert "## The code to change (improve the best version: cycle 3, 0.65;" in prompts[2]
     assert recs[3]["parent"] == 3 and recs[3]["proposal"]["meta"]["mode"] == "patch"
     assert "-BONUS = 0.01\n+BONUS = 0.02" in recs[3]["proposal"]["patch"] and recs[3]["metric"] == pytest.approx(0.66)
     tree = json.loads((root / "reports" / "versions.json").read_text())

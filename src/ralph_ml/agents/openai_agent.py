@@ -261,6 +261,7 @@ class OpenAIAgent(Agent):
             frozen = {p: t for p, t in self._frozen_text(base).items() if p not in code}
             values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen})
             values["missing"] = ", ".join(missing)
+            values["base"] = on.why
             if on.fix_of is not None:
                 values["failed"] = branching.failure_brief(self._record(ctx, on.fix_of), on.why)
             template, schema, validate = self._mode(mode, base, ctx, missing, on)
