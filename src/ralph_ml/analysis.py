@@ -84,11 +84,13 @@ def analyze(
     cfg: Config,
     *,
     totals: Totals | None = None,
+    changed_code: bool = False,
 ) -> Analysis:
     """Diagnose the cycle that produced ``result`` (``history`` excludes it).
 
     ``totals``: the history's running totals when the caller keeps them (the loop does), so
-    the analysis reads no more than the cycle itself however long the history is."""
+    the analysis reads no more than the cycle itself however long the history is.
+    ``changed_code``: the cycle ran a code change (a patch), so a crash is the change's bug."""
     before = totals if totals is not None else Totals.of(history, cfg)
     target = cfg.target
     space = cfg.search_space
@@ -121,6 +123,11 @@ def analyze(
             diag = "failed"
             notes.append(f"The trial never reported {target.name}; check that it writes metrics.json or prints `{target.name}: value`.")
             recs.add("high", f"report the target metric: {target.name} was missing")
+        elif changed_code and failure is FailureClass.CRASH:
+            diag = "failed"
+            notes.append(f"The code change crashed ({failure.value}): {result.message}")
+            recs.add("high", "fix the code change: it crashed (the error is in logs/stderr.log; "
+                     "the code agents hand it back for a fix up to branching.max_fix_attempts times)")
         else:
             diag = "failed"
             notes.append(f"The trial ended {result.status.value} ({failure.value}): {result.message}")

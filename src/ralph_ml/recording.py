@@ -58,7 +58,7 @@ def assess(
         )
     write_metrics(cdir, cycle, run_id, cfg.target, result)
     progress = read_progress(cdir / "progress.jsonl")
-    analysis = analyze(result, metric, kept, history, progress, cfg, totals=totals)
+    analysis = analyze(result, metric, kept, history, progress, cfg, totals=totals, changed_code=bool(proposal.patch))
     if analyst is not None:  # the agent's analysis replaces the built-in one when valid
         analysis = run_analyst(
             analyst, cfg, cycle=cycle, cycle_dir=cdir, proposal=proposal, result=result, metric=metric,

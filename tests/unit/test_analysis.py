@@ -32,6 +32,15 @@ def test_diverged_on_nan() -> None:
     assert a.diagnosis == "diverged" and a.recommendations[0].action == "decrease:lr"
 
 
+def test_a_crash_of_a_code_change_calls_for_a_fix_and_a_crash_of_params_for_another_region() -> None:
+    r = TrialResult(status=TrialStatus.FAILED, failure=FailureClass.CRASH, exit_code=1, message="exited with code 1")
+    fix = analyze(r, None, False, [], [], cfg(), changed_code=True)
+    assert fix.diagnosis == "failed" and fix.summary.startswith("The code change crashed (crash)")
+    assert [(x.action, x.confidence) for x in fix.recommendations] == [("fix the code change", "high")]
+    other = analyze(r, None, False, [], [], cfg())
+    assert [x.action for x in other.recommendations] == ["explore another region of the search space"]
+
+
 def test_underfitting_when_loss_still_falls_at_the_end() -> None:
     rows = [{"step": i, "train_loss": 2.0 / (i + 1)} for i in range(8)]
     r = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.8, "train_accuracy": 0.8})
