@@ -3,6 +3,7 @@
     python bench/search_efficiency.py [--templates digits mnist1d] [--seeds 0 1 2] [--max-cycles 20] [--runs runs.jsonl]
     python bench/search_efficiency.py --from-runs runs.jsonl [more.jsonl]   # the tables again, from recorded runs
     python bench/search_efficiency.py --throughput      # K=2 vs K=1 trials/s on 1-second trials
+    python bench/search_efficiency.py --budget-s 60 [--templates mnist1d] [--seeds ...]  # best metric within 60 s
 
 For each template, strategy and seed it runs the real CLI (`ralph-ml start`) in a fresh copy
 of the template and measures the CPU-seconds of the whole process tree (the loop and every
@@ -11,6 +12,13 @@ The plateau rule is disabled so every strategy gets the same budget. --runs appe
 run (its CPU-seconds and each cycle's parameters, source and metric) to a JSON-lines file;
 --from-runs prints the tables again from such a file. "CPU-s per seed" marks with * a run
 that stopped at --max-cycles without reaching the target.
+
+--budget-s S measures the other side: the best metric each strategy finds when every run
+gets the same S seconds (safeguards.total_time_limit_minutes, which also cuts the trial in
+flight at the deadline) and a target it cannot meet (accuracy's perfect score, 1.0), so
+no run stops early. With one trial at a time on a quiet machine the seconds are CPU-seconds
+too (the CPU-s column says so). It prints, seed by seed, how often ralph's best beats each
+plain search's.
 Strategies (--strategies picks some):
 
   ralph        ralph-ml as shipped: built-in agent (baseline, structure screen, following
@@ -48,6 +56,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 TEMPLATES = BENCH.parent / "src" / "ralph_ml" / "templates"
 
+BUDGET_MAX_CYCLES = 1000  # --budget-s: the time budget binds, never the cycle count
 COLD = {"preload": "[]"}  # replaces the template's execution.preload line
 PLAIN = {"pruning": "stop_at_target = false"}  # plain searches train every trial to its end
 STRATEGIES: dict[str, dict[str, str]] = {
@@ -71,13 +80,20 @@ def _set(toml: str, section: str, body: str) -> str:
     return toml + f"\n{header}\n{body}\n"
 
 
-def run_one(template: str, strategy: str, seed: int, max_cycles: int) -> dict[str, object]:
+def run_one(template: str, strategy: str, seed: int, max_cycles: int, budget_s: float | None = None) -> dict[str, object]:
+    """One run of the real CLI. ``budget_s``: a fixed budget instead of the target (see --budget-s)."""
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "exp"
         subprocess.run([sys.executable, "-m", "ralph_ml", "init", str(exp), "--template", template],
                        check=True, capture_output=True)
         shutil.copy(BENCH / "bench_agents.py", exp / "bench_agents.py")
         toml = (exp / "ralph.toml").read_text()
+        if budget_s is not None:
+            # The best metric the run can find: accuracy's perfect score as the target (on these
+            # templates a run never meets it), the budget as the whole run's time limit.
+            perfect = "0.0" if re.search(r'(?m)^direction = "minimize"', toml) else "1.0"
+            toml = re.sub(r"(?m)^(\[project\.target_metric\][^\[]*?^value = )\S+", rf"\g<1>{perfect}", toml)
+            toml = re.sub(r"(?m)^(time_limit_per_cycle_minutes = .*)$", rf"\g<1>\ntotal_time_limit_minutes = {budget_s / 60:.6g}", toml)
         toml = re.sub(r"(?m)^seed = \d+", f"seed = {seed}", toml)
         toml = re.sub(r"(?m)^max_cycles = \d+", f"max_cycles = {max_cycles}", toml)
         toml = re.sub(r"(?m)^no_improvement_stop_cycles = \d+", f"no_improvement_stop_cycles = {max_cycles}", toml)
@@ -169,18 +185,83 @@ def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_p
         _ratios(by_strategy)
 
 
+def _budget_header(template: str, seeds: list[int], budget_s: float) -> None:
+    print(f"\n## {template}: best metric after {budget_s:g} s (the whole run's time limit; seeds {seeds})\n")
+    print("| strategy | best metric (median) | best metric (mean) | worst seed | best metric per seed | cycles (median) "
+          "| CPU-s (median) |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+
+
+def _budget_row(strategy: str, rows: list[dict[str, Any]]) -> None:
+    best = [float(r["best"]) for r in rows]
+    print(f"| {strategy} | {statistics.median(best):.4f} | {statistics.mean(best):.4f} | {min(best):.4f} | "
+          f"{' '.join(f'{b:.3f}' for b in best)} | {statistics.median(int(r['cycles']) for r in rows):.0f} | "
+          f"{statistics.median(float(r['cpu_s']) for r in rows):.0f} |", flush=True)
+
+
+def _budget_wins(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
+    """Seed by seed (the same seed, the same budget): how often ralph's best beats each plain search's."""
+    ours = {int(r["seed"]): float(r["best"]) for r in by_strategy.get("ralph", [])}
+    for plain in ("tpe", "random", "tpe-warm", "random-warm"):
+        theirs = {int(r["seed"]): float(r["best"]) for r in by_strategy.get(plain, [])}
+        both = sorted(set(ours) & set(theirs))
+        if both:
+            wins = sum(ours[s] > theirs[s] for s in both)
+            ties = sum(ours[s] == theirs[s] for s in both)
+            gain = statistics.median(ours[s] - theirs[s] for s in both)
+            print(f"\nralph vs {plain}: better in {wins} of {len(both)} seeds, tied in {ties}; "
+                  f"median gain {gain:+.4f}", end="")
+    print()
+
+
+def budget_table(templates: list[str], seeds: list[int], budget_s: float, runs_path: Path | None = None,
+                 strategies: list[str] | None = None) -> None:
+    """The best metric each strategy finds within the same time budget, seed by seed, every strategy in turn."""
+    for template in templates:
+        by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies or ("ralph", "random", "tpe")}
+        for s in seeds:
+            for strategy, rows in by_strategy.items():
+                row = run_one(template, strategy, s, BUDGET_MAX_CYCLES, budget_s=budget_s)
+                rows.append(row)
+                print(f"{template} seed {s} {strategy}: best {row['best']:.4f} in {budget_s:g} s, {row['cycles']} cycles, "
+                      f"{row['cpu_s']:.1f} CPU-s", flush=True)
+                if runs_path is not None:
+                    with open(runs_path, "a") as fh:
+                        fh.write(json.dumps({"template": template, "strategy": strategy, "seed": s,
+                                             "max_cycles": BUDGET_MAX_CYCLES, "budget_s": budget_s, **row}) + "\n")
+        _budget_header(template, seeds, budget_s)
+        for strategy, rows in by_strategy.items():
+            _budget_row(strategy, rows)
+        _budget_wins(by_strategy)
+
+
+def _by_strategy(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Recorded runs grouped by strategy (in the order they first appear), each group by seed."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: int(r["seed"])):
+        out.setdefault(r["strategy"], []).append(r)
+    return out
+
+
 def tables_from_runs(paths: list[Path]) -> None:
     """Print the tables again from one or more --runs files (their runs pooled, seed by seed)."""
     runs = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+    budgeted = [r for r in runs if r.get("budget_s") is not None]
+    runs = [r for r in runs if r.get("budget_s") is None]
+    for template, budget in dict.fromkeys((r["template"], float(r["budget_s"])) for r in budgeted):
+        mine = [r for r in budgeted if r["template"] == template and float(r["budget_s"]) == budget]
+        _budget_header(template, sorted({int(r["seed"]) for r in mine}), budget)
+        grouped = _by_strategy(mine)
+        for strategy, rows in grouped.items():
+            _budget_row(strategy, rows)
+        _budget_wins(grouped)
     for template in dict.fromkeys(r["template"] for r in runs):
         mine = [r for r in runs if r["template"] == template]
         _header(template, sorted({int(r["seed"]) for r in mine}), max(int(r.get("max_cycles", 0)) for r in mine))
-        by_strategy: dict[str, list[dict[str, Any]]] = {}
-        for r in sorted(mine, key=lambda r: int(r["seed"])):
-            by_strategy.setdefault(r["strategy"], []).append(r)
-        for strategy, rows in by_strategy.items():
+        grouped = _by_strategy(mine)
+        for strategy, rows in grouped.items():
             _row(strategy, rows)
-        _ratios(by_strategy)
+        _ratios(grouped)
 
 
 def throughput(n: int = 12) -> None:
@@ -220,12 +301,18 @@ def main() -> None:
     ap.add_argument("--from-runs", type=Path, nargs="+",
                     help="only print the tables again from --runs files (several: their runs pooled)")
     ap.add_argument("--throughput", action="store_true", help="only the K=2 vs K=1 throughput check")
+    ap.add_argument("--budget-s", type=float, metavar="SECONDS",
+                    help="instead of the CPU-seconds to the target: the best metric each strategy finds within "
+                         "this many seconds (the run's total_time_limit_minutes; the target raised to a perfect score)")
     args = ap.parse_args()
     if args.throughput:
         throughput()
         return
     if args.from_runs:
         tables_from_runs(args.from_runs)
+        return
+    if args.budget_s is not None:
+        budget_table(args.templates, args.seeds, args.budget_s, args.runs, args.strategies)
         return
     search_table(args.templates, args.seeds, args.max_cycles, args.runs, args.strategies)
 
