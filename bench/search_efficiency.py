@@ -221,7 +221,7 @@ def budget_table(templates: list[str], seeds: list[int], budget_s: float, runs_p
         by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies or ("ralph", "random", "tpe")}
         for s in seeds:
             for strategy, rows in by_strategy.items():
-                row = run_one(template, strategy, s, BUDGET_MAX_CYCLES, budget_s=budget_s)
+                row = {"seed": s, **run_one(template, strategy, s, BUDGET_MAX_CYCLES, budget_s=budget_s)}
                 rows.append(row)
                 print(f"{template} seed {s} {strategy}: best {row['best']:.4f} in {budget_s:g} s, {row['cycles']} cycles, "
                       f"{row['cpu_s']:.1f} CPU-s", flush=True)
