@@ -164,21 +164,31 @@ def _ratios(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
     print()
 
 
+def _run_all(template: str, seeds: list[int], names: Any, max_cycles: int, runs_path: Path | None,
+             budget_s: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Seed by seed, every strategy in turn (so a change of the machine's load hits them alike),
+    each run printed and appended to ``runs_path``."""
+    by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    extra = {} if budget_s is None else {"budget_s": budget_s}
+    for s in seeds:
+        for strategy, rows in by_strategy.items():
+            row = {"seed": s, **run_one(template, strategy, s, max_cycles, budget_s=budget_s)}
+            rows.append(row)
+            how = (f"best {row['best']:.4f}{'' if row['reached'] else ' (target not reached)'}" if budget_s is None
+                   else f"best {row['best']:.4f} in {budget_s:g} s")
+            print(f"{template} seed {s} {strategy}: {row['cpu_s']:.1f} CPU-s, {row['cycles']} cycles, {how}", flush=True)
+            if runs_path is not None:
+                with open(runs_path, "a") as fh:
+                    fh.write(json.dumps({"template": template, "strategy": strategy, "max_cycles": max_cycles,
+                                         **extra, **row}) + "\n")
+    return by_strategy
+
+
 def search_table(templates: list[str], seeds: list[int], max_cycles: int, runs_path: Path | None = None,
                  strategies: list[str] | None = None) -> None:
-    """Seed by seed, every strategy in turn (so a change of the machine's load hits them alike)."""
+    """CPU-seconds to the target, for every strategy on the same seeds."""
     for template in templates:
-        by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies or STRATEGIES}
-        for s in seeds:
-            for strategy, rows in by_strategy.items():
-                row = run_one(template, strategy, s, max_cycles)
-                rows.append(row)
-                print(f"{template} seed {s} {strategy}: {row['cpu_s']:.1f} CPU-s, {row['cycles']} cycles, "
-                      f"best {row['best']:.4f}{'' if row['reached'] else ' (target not reached)'}", flush=True)
-                if runs_path is not None:
-                    with open(runs_path, "a") as fh:
-                        fh.write(json.dumps({"template": template, "strategy": strategy, "seed": s,
-                                             "max_cycles": max_cycles, **row}) + "\n")
+        by_strategy = _run_all(template, seeds, strategies or STRATEGIES, max_cycles, runs_path)
         _header(template, seeds, max_cycles)
         for strategy, rows in by_strategy.items():
             _row(strategy, rows)
@@ -216,19 +226,10 @@ def _budget_wins(by_strategy: dict[str, list[dict[str, Any]]]) -> None:
 
 def budget_table(templates: list[str], seeds: list[int], budget_s: float, runs_path: Path | None = None,
                  strategies: list[str] | None = None) -> None:
-    """The best metric each strategy finds within the same time budget, seed by seed, every strategy in turn."""
+    """The best metric each strategy finds within the same time budget, on the same seeds."""
     for template in templates:
-        by_strategy: dict[str, list[dict[str, Any]]] = {name: [] for name in strategies or ("ralph", "random", "tpe")}
-        for s in seeds:
-            for strategy, rows in by_strategy.items():
-                row = {"seed": s, **run_one(template, strategy, s, BUDGET_MAX_CYCLES, budget_s=budget_s)}
-                rows.append(row)
-                print(f"{template} seed {s} {strategy}: best {row['best']:.4f} in {budget_s:g} s, {row['cycles']} cycles, "
-                      f"{row['cpu_s']:.1f} CPU-s", flush=True)
-                if runs_path is not None:
-                    with open(runs_path, "a") as fh:
-                        fh.write(json.dumps({"template": template, "strategy": strategy, "seed": s,
-                                             "max_cycles": BUDGET_MAX_CYCLES, "budget_s": budget_s, **row}) + "\n")
+        by_strategy = _run_all(template, seeds, strategies or ("ralph", "random", "tpe"), BUDGET_MAX_CYCLES, runs_path,
+                               budget_s=budget_s)
         _budget_header(template, seeds, budget_s)
         for strategy, rows in by_strategy.items():
             _budget_row(strategy, rows)
