@@ -192,6 +192,7 @@ def test_a_cli_edit_that_crashes_is_handed_back_in_the_failed_version_with_its_e
     assert fix["proposal"]["meta"]["mode"] == "fix" and fix["proposal"]["meta"]["fix_of"] == 1 and fix["parent"] == 1
     assert fix["proposal"]["params"] == {} and fix["metric"] == pytest.approx(0.65)  # the failed version's params
     assert recs[2]["parent"] == 2 and recs[2]["proposal"]["meta"]["mode"] == "patch" and recs[2]["metric"] == pytest.approx(0.66)
+    assert "The files here are the version of cycle 2 (improve the best version: cycle 2, 0.65)" in log[2]["prompt"]
 
 
 def test_codex_opencode_and_aider_get_their_non_interactive_flags_and_report_usage(tmp_path: Path, fake_cli: Any) -> None:

@@ -244,6 +244,26 @@ def test_a_failed_fix_is_handed_back_until_max_fix_attempts_then_the_best_is_imp
     assert recs[3]["parent"] == 1 and recs[3]["proposal"]["meta"]["mode"] == "patch" and recs[3]["metric"] == pytest.approx(0.65)
 
 
+def test_a_fix_the_guard_rejects_hands_the_failure_back_again_with_the_rejection(tmp_path: Path) -> None:
+    script = [
+        ok({"rationale": "scale the bonus", "patch": CRASH_PATCH}),  # cycle 2: crashes
+        ok({"rationale": "define the scale", "patch": _fix("0.5", "0.01")}),  # cycle 3: context not in the code
+        ok({"rationale": "define the scale", "patch": _fix("0.01 * undefined_scale", "0.01")}),  # cycle 4: the fix
+    ]
+    with FakeLLM(script) as srv:
+        root = _exp(tmp_path / "exp", srv.url, llm={"mode": "patch"}, safeguards={"max_cycles": 4})
+        _run(root)
+        prompts = srv.user_prompts()
+    recs = recorded(root)
+    assert [r["result"]["failure"] for r in recs] == ["none", "crash", "guard_rejected", "none"]
+    assert recs[2]["proposal"]["meta"]["fix_of"] == 2
+    # the rejected fix never ran, so cycle 2 is handed back again, with the guard's reason
+    assert prompts[2].startswith("# Task: fix the code change that failed, for cycle 4")
+    assert "An earlier fix of it (cycle 3) never ran: guard_rejected: " in prompts[2]
+    assert recs[3]["proposal"]["meta"]["fix_of"] == 2 and recs[3]["parent"] == 2 and recs[3]["verdict"] == "kept"
+    assert recs[3]["metric"] == pytest.approx(0.65)
+
+
 SLOW_TRAIN = TRAIN + "import time; time.sleep(0.3)  # long enough for the two trials in flight to overlap\n"
 
 

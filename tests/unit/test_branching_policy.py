@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -97,6 +98,48 @@ def test_top_k_spreads_parallel_changes_over_the_best_versions() -> None:
     assert pick.cycle == 2 and pick.meta == {"parent": 2} and "the best version" in pick.why
     second = choose(k2, ctx(h, pending=both[:1]))
     assert second.why == "improve the number 2 version (branching.top_k = 2): cycle 4, 0.65"
+
+
+def test_a_version_that_scored_higher_but_was_not_kept_never_ranks_ahead_of_the_best() -> None:
+    # cycle 3 beat the best by less than min_improvement_delta (or the noise test): discarded
+    h = [ok(1, 0.5, kept=True, patch=False), ok(2, 0.700, parent=1, kept=True), ok(3, 0.705, parent=2), ok(4, 0.6, parent=2)]
+    best = h[1]
+    assert [r.cycle for r in top_versions(h, "maximize", 2, best)] == [2, 3]
+    assert [r.cycle for r in top_versions(h, "maximize", 2)] == [3, 2]  # by raw score alone
+    pick = choose(cfg(top_k=1), ctx(h))
+    assert pick.cycle == 2 and pick.why == "improve the best version: cycle 2, 0.7"
+    assert choose(cfg(top_k=2), ctx(h, pending=(Proposal(meta={"parent": 2}),))).cycle == 3
+
+
+def rejected(cycle: int, fix_of: int, message: str) -> CycleRecord:
+    """A fix of ``fix_of`` that the guard refused: it never ran."""
+    rec = failed(cycle, parent=fix_of, fix_of=fix_of, failure=FailureClass.GUARD_REJECTED, status=TrialStatus.INVALID)
+    return dataclasses.replace(rec, result=dataclasses.replace(rec.result, message=message, stderr_tail=""))
+
+
+def test_a_fix_that_never_ran_hands_the_failure_back_with_the_reason_within_the_loops_limit() -> None:
+    h = [ok(1, 0.5, kept=True), failed(2, parent=1)]
+    h.append(rejected(3, 2, "the patch does not apply: hunk 1 context 'A = 3' not found in train.py"))
+    base = choose(cfg(max_fix_attempts=2), ctx(h))
+    assert base.fix_of == 2 and base.meta == {"parent": 2, "fix_of": 2}
+    brief = failure_brief(h[1], base.why, history=h)
+    assert "An earlier fix of it (cycle 3) never ran: guard_rejected: the patch does not apply" in brief
+    # the loop refuses a version's third fix when max_fix_attempts = 2, so the policy stops at two
+    h.append(rejected(4, 2, "the patch does not apply"))
+    assert choose(cfg(max_fix_attempts=2), ctx(h)).cycle == 1
+    assert choose(cfg(max_fix_attempts=3), ctx(h)).fix_of == 2
+    # a fix that ran settles its version, whatever became of it
+    ran = [ok(1, 0.5, kept=True), failed(2, parent=1), dataclasses.replace(ok(3, 0.4, parent=2), proposal=Proposal(patch=PATCH, meta={"parent": 2, "fix_of": 2}))]
+    assert fix_target(cfg(max_fix_attempts=3), ran, (), ran[0]) is None
+
+
+def test_with_trials_in_parallel_a_failure_recorded_after_the_best_is_fixed_whatever_its_cycle_number() -> None:
+    # cycles 3 and 4 ran at once: 4 ended first and became the best, then 3 crashed
+    h = [ok(1, 0.5, kept=True, patch=False), ok(2, 0.6, parent=1, kept=True), ok(4, 0.7, parent=2, kept=True), failed(3, parent=2)]
+    assert fix_target(cfg(), h, (), h[2]) is h[3]
+    # recorded before the best: superseded
+    h2 = [ok(1, 0.5, kept=True, patch=False), failed(3, parent=1), ok(4, 0.7, parent=1, kept=True)]
+    assert fix_target(cfg(), h2, (), h2[2]) is None
 
 
 def test_failure_brief_names_the_change_the_error_and_the_diff() -> None:

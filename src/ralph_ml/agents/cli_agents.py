@@ -193,7 +193,9 @@ class CLIAgent(Agent):
                 values["task"] = INITIAL_TASK.format(plan=PLAN_FILE, missing=", ".join(missing), frozen=values["frozen"])
             elif on.fix_of is not None:
                 failed = next(r for r in ctx.history if r.cycle == on.fix_of)
-                values["task"] = FIX_TASK.format(failed=branching.failure_brief(failed, on.why))
+                values["task"] = FIX_TASK.format(failed=branching.failure_brief(failed, on.why, history=ctx.history))
+            elif on.cycle is not None:
+                values["task"] = f"\nThe files here are the version of cycle {on.cycle} ({on.why}); your change builds on it.\n"
             prompt = render(self.prompts, "cli_code.md", values, cfg.agents.llm.prompt_budget_chars)
             files = sorted({*(p for p in before if matches(p, cfg.files.mutable)), *missing})
             run = run_cli(

@@ -263,7 +263,7 @@ class OpenAIAgent(Agent):
             values["missing"] = ", ".join(missing)
             values["base"] = on.why
             if on.fix_of is not None:
-                values["failed"] = branching.failure_brief(self._record(ctx, on.fix_of), on.why)
+                values["failed"] = branching.failure_brief(self._record(ctx, on.fix_of), on.why, history=ctx.history)
             template, schema, validate = self._mode(mode, base, ctx, missing, on)
             messages = [
                 {"role": "system", "content": render(self.prompts, "system.md", values, 4_000)},
