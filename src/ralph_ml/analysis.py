@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import Config
 from .decision import Totals
-from .records import Analysis, CycleRecord, FailureClass, Recommendation, TrialResult, TrialStatus
+from .records import Analysis, CycleRecord, FailureClass, Recommendation, TrialResult, TrialStatus, lower_is_better
 
 _CONF_RANK = {"high": 0, "medium": 1, "low": 2}
 
@@ -47,7 +47,7 @@ def _series(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
 
 
 def _is_loss(name: str) -> bool:
-    return any(h in name.lower() for h in ("loss", "error", "perplexity", "nll", "mse"))
+    return lower_is_better(name)
 
 
 class _Recs:
@@ -126,8 +126,10 @@ def analyze(
         elif changed_code and failure is FailureClass.CRASH:
             diag = "failed"
             notes.append(f"The code change crashed ({failure.value}): {result.message}")
-            recs.add("high", "fix the code change: it crashed (the error is in logs/stderr.log; "
-                     "the code agents hand it back for a fix up to branching.max_fix_attempts times)")
+            how = ("the shipped code agents hand it back for a fix (branching.max_fix_attempts = "
+                   f"{cfg.branching.max_fix_attempts})" if cfg.branching.max_fix_attempts > 0
+                   else "branching.max_fix_attempts = 0: no agent is handed it back")
+            recs.add("high", f"fix the code change: it crashed (the error is in logs/stderr.log; {how})")
         else:
             diag = "failed"
             notes.append(f"The trial ended {result.status.value} ({failure.value}): {result.message}")

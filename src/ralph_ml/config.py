@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .records import Direction
+from .records import Direction, lower_is_better
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,8 +24,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_NAMES = ("ralph.toml", "ralph.yaml", "ralph.yml", "ralph.json", "RALPH_ML_CONFIG.json")
-
-_MINIMIZE_HINTS = ("loss", "error", "perplexity", "mse", "mae", "rmse", "wer", "cer", "nll")
 
 
 class _Model(BaseModel):
@@ -44,7 +42,7 @@ class TargetMetric(_Model):
             raise ValueError(f"target value must be a finite number, got {self.value}")
         if self.direction is None:
             low = self.name.lower()
-            guess = Direction.MINIMIZE if any(h in low for h in _MINIMIZE_HINTS) else Direction.MAXIMIZE
+            guess = Direction.MINIMIZE if lower_is_better(low) else Direction.MAXIMIZE
             object.__setattr__(self, "direction", guess)
         return self
 
@@ -146,8 +144,9 @@ class Execution(_Model):
     metrics_pattern: str = r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
     kill_grace_s: float = Field(default=5.0, ge=0.0)
     max_concurrency: int = Field(default=1, ge=1, le=256)  # K trials at once
-    # GPUs of the pool: a list of ids, or "auto" (CUDA_VISIBLE_DEVICES or nvidia-smi; none on a CPU box)
-    gpus: Union[list[int], Literal["auto"]] = "auto"
+    # GPUs of the pool: a list of ids (indices, or GPU-/MIG- UUIDs), or "auto" (CUDA_VISIBLE_DEVICES
+    # or nvidia-smi; none on a CPU box)
+    gpus: Union[list[Union[int, str]], Literal["auto"]] = "auto"
     gpus_per_trial: Optional[int] = Field(default=None, ge=0)  # default: 1 when the pool has GPUs
     cpus_per_trial: Optional[int] = Field(default=None, ge=1)  # sets OMP/MKL_NUM_THREADS per trial
     # Warm starts (local mode): modules imported once by a server that `python script.py`
@@ -155,6 +154,16 @@ class Execution(_Model):
     preload: list[str] = Field(default_factory=list)
     ray: RayExecution = Field(default_factory=RayExecution)  # used when mode = "ray"
     slurm: SlurmExecution = Field(default_factory=SlurmExecution)  # used when mode = "slurm"
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_ids(cls, v: Union[list[Union[int, str]], str]) -> Union[list[Union[int, str]], str]:
+        if isinstance(v, list):
+            bad = [g for g in v if isinstance(g, str) and not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+            if bad:
+                raise ValueError(f"execution.gpus: {bad} are not GPU ids; use indices (0, 1) or UUIDs "
+                                 "(GPU-..., MIG-..., as nvidia-smi -L prints them)")
+        return v
 
     @field_validator("preload")
     @classmethod

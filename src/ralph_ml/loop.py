@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from . import decision as dec
 from . import materialize, recording
 from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst
+from .analysis import read_progress
 from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
@@ -31,6 +32,7 @@ from .cyclefiles import trial_env
 from .errors import AgentError, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
+from .executors.local import TRIAL_FILE
 from .hashing import hash_files
 from .journal import Journal, cycle_folder, dumps, replay, write_json_atomic
 from .noise import NoiseCheck
@@ -291,6 +293,11 @@ class Loop:
     def elapsed_s(self) -> float:
         return self.base_elapsed + (time.monotonic() - self.t0)
 
+    def _time_left_s(self) -> float | None:
+        """Seconds left of safeguards.total_time_limit_minutes (None: no limit)."""
+        limit = self.cfg.safeguards.total_time_limit_minutes
+        return None if limit is None else limit * 60 - self.elapsed_s
+
     def usage(self) -> dec.Usage:
         return dec.Usage(elapsed_s=self.elapsed_s, tokens=self.totals.tokens, cost_usd=self.totals.cost_usd)
 
@@ -466,6 +473,9 @@ class Loop:
                 self.emit("recovered", {"cycle": cycle, "how": "re-attached"})
                 flight.handle = found
                 flight.alloc = self.pool.allocate(cycle)
+                if self.pruner is not None:  # its curve so far is in progress.jsonl: the pruner reads it from the start
+                    flight.prune = self.pruner.start(params)
+                    flight.reader = ProgressReader(cdir / "progress.jsonl")
                 threading.Thread(target=self._waiter, args=(flight,), name=f"ralph-trial-{cycle}", daemon=True).start()
             else:
                 self.emit("recovered", {"cycle": cycle, "how": "collected", "status": found.status.value})
@@ -506,8 +516,9 @@ class Loop:
             return flight
         code = cdir / "code"
         timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
-        if cfg.safeguards.total_time_limit_minutes is not None:
-            timeout_s = max(1.0, min(timeout_s, cfg.safeguards.total_time_limit_minutes * 60 - self.elapsed_s))
+        left = self._time_left_s()
+        if left is not None:
+            timeout_s = max(1.0, min(timeout_s, left))
         flight.alloc = self.pool.allocate(cycle)
         spec = TrialSpec(
             run_id=self.run_id,
@@ -581,8 +592,18 @@ class Loop:
                 # Ask the trial to stop (trial.report() returns True); terminate it after the grace.
                 write_json_atomic(f.cdir / "control.json", {"action": "stop", "reason": verdict.reason})
                 self.emit("prune", {"cycle": f.cycle, "step": verdict.step, "reason": verdict.reason})
-        elif time.monotonic() - f.prune_at > self.cfg.pruning.grace_s:
-            f.handle.cancel()
+        elif time.monotonic() - f.prune_at > self.cfg.pruning.grace_s and not self._training_ended(f):
+            f.handle.cancel()  # it did not listen: still training after the grace
+
+    @staticmethod
+    def _training_ended(f: Flight) -> bool:
+        """The trial's train_cmd has ended and its eval_cmd runs (the executor's trial.json says
+        so): it listened to the stop request, and its evaluation is left to finish (within the
+        cycle's time limit) so the pruned cycle keeps its metrics."""
+        try:
+            return bool(json.loads((f.cdir / TRIAL_FILE).read_text()).get("phase") == "eval")
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def _settle(self, f: Flight) -> None:
         """A trial ended: free its resources, apply the pruning verdict, close its pruner session."""
@@ -605,10 +626,19 @@ class Loop:
                     message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
                     stopped_by="pruner",
                     stopped_at_step=f.prune_verdict.step,
+                    metrics={**self._last_progress(f), **f.result.metrics},  # terminated ones wrote no metrics.json
                 )
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)
             f.pruner_saw = True
+
+    @staticmethod
+    def _last_progress(f: Flight) -> dict[str, float]:
+        """The partial metrics of a pruned trial: its last progress row (step and time aside)."""
+        rows = read_progress(f.cdir / "progress.jsonl")
+        last = rows[-1] if rows else {}
+        return {k: float(v) for k, v in last.items()
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     @staticmethod
     def _stopped_at_target(f: Flight) -> bool:
@@ -654,6 +684,8 @@ class Loop:
         for f in flights.values():
             if f.handle is not None:
                 (f.handle.suspend if paused else f.handle.resume)()
+                if not paused and f.prune_verdict is not None:
+                    f.prune_at = time.monotonic()  # a paused trial could not listen: its grace starts again
         self._phase("paused" if paused else ("execute" if flights else "propose"), persist=True)
         self.emit("manual", {"action": "pause" if paused else "unpause", "cycle": self.cycle})
 
@@ -674,6 +706,8 @@ class Loop:
             self.cfg, run_id=self.run_id, cycle=f.cycle, cdir=f.cdir, proposal=f.proposal, result=f.result,
             code_hashes=f.code_hashes, commit=f.commit, parent=f.parent, history=self.history, totals=self.totals,
             analyst=self.analyst, noise=self._noise,
+            resources=f.alloc.env(self.pool.has_gpus) if f.alloc is not None else None,  # repeats run on its GPUs
+            time_left_s=self._time_left_s(),
         )
         self._phase("decide")
         d = self._decide(record)
@@ -684,8 +718,10 @@ class Loop:
         assert self.journal is not None
         self.journal.append(recording.journal_entry(record, d, self.elapsed_s))
         self._apply(record)
-        if self.pruner is not None and not f.pruner_saw:
-            self.pruner.observe(record)  # a cycle collected on resume: add its curve
+        if self.pruner is not None:
+            if not f.pruner_saw:
+                self.pruner.observe(record)  # a cycle collected on resume: add its curve
+            self.pruner.note_kept(record)
         self.last_decision = d
         assert self.agent is not None
         self.agent.observe(record)

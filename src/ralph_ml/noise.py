@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from . import decision as dec
 from .config import Config
@@ -65,9 +66,15 @@ class NoiseCheck:
         kept: bool,
         verdict: str,
         totals: dec.Totals,
+        resources: Mapping[str, str] | None = None,
+        time_left_s: float | None = None,
     ) -> tuple[TrialResult, float, bool, str]:
         """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds.
 
+        ``resources``: the environment of the cycle's allocation from the resource pool
+        (``CUDA_VISIBLE_DEVICES``, thread counts): the repeats run on the GPUs the cycle holds.
+        ``time_left_s``: what is left of ``safeguards.total_time_limit_minutes``; the repeats
+        are cut off there, as a trial is (a repeat cut off counts as a failed one).
         Returns the cycle's ``(result, metric, kept, verdict)``: unchanged when nothing was
         repeated, else with ``result.repeats`` set and the metric the mean over seeds.
         """
@@ -77,8 +84,12 @@ class NoiseCheck:
         if n == 0:
             return result, metric, kept, verdict
         self.on_phase("confirm")
-        values = self.repeats(run_id=run_id, cycle=cycle, cdir=cdir, n=n)
+        values = self.repeats(run_id=run_id, cycle=cycle, cdir=cdir, n=n, resources=resources, time_left_s=time_left_s)
         if not values:
+            if kept and not first_ok:  # its first repeat failed or was stopped: the gain is not confirmed
+                self.bus.emit("noise", {"cycle": cycle, "first": metric, "repeats": [], "mean": metric,
+                                        "noise_std": totals.noise, "verdict": "unconfirmed"}, cycle=cycle)
+                return result, metric, False, "unconfirmed"
             return result, metric, kept, verdict
         result = replace(result, repeats=(metric, *values))
         mean = sum(result.repeats) / len(result.repeats)
@@ -94,23 +105,33 @@ class NoiseCheck:
         )
         return result, mean, kept2, verdict2
 
-    def repeats(self, *, run_id: str, cycle: int, cdir: Path, n: int) -> list[float]:
+    def repeats(
+        self, *, run_id: str, cycle: int, cdir: Path, n: int, resources: Mapping[str, str] | None = None,
+        time_left_s: float | None = None,
+    ) -> list[float]:
         """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics."""
         cfg = self.cfg
+        deadline = None if time_left_s is None else time.monotonic() + time_left_s
         params = json.loads((cdir / "params.json").read_text())
         out: list[float] = []
         for k in range(1, n + 1):
+            timeout_s = cfg.safeguards.time_limit_per_cycle_minutes * 60
+            if deadline is not None:
+                if deadline - time.monotonic() < 1.0:
+                    break  # the run's time budget is spent: judge on what we have
+                timeout_s = min(timeout_s, deadline - time.monotonic())
             seed = cfg.project.seed + k
             rdir = cdir / "repeats" / f"seed_{seed}"
             if rdir.exists():
                 shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
             (rdir / "logs").mkdir(parents=True)
             (rdir / "checkpoints").mkdir()
-            env = {**trial_env(cfg, run_id, cycle, rdir, params), "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
+            env = {**trial_env(cfg, run_id, cycle, rdir, params), **(resources or {}),
+                   "RALPH_SEED": str(seed), "RALPH_PARAMS": str(cdir / "params.json")}
             spec = TrialSpec(
                 run_id=run_id, cycle=cycle, cycle_dir=str(rdir), code_dir=str(cdir / "code"),
                 train_cmd=cfg.execution.train_cmd, eval_cmd=cfg.execution.eval_cmd, params=params,
-                seed=seed, timeout_s=cfg.safeguards.time_limit_per_cycle_minutes * 60, env=env,
+                seed=seed, timeout_s=timeout_s, env=env,
                 frozen_hashes=hash_files(cdir / "code", cfg.files.frozen),
             )
             handle = self.executor.submit(spec)

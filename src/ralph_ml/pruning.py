@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .analysis import read_progress
 from .config import Config
 from .journal import cycle_folder
-from .records import CycleRecord, Direction, TrialStatus
+from .records import CycleRecord, Direction, TrialStatus, lower_is_better
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -133,17 +133,17 @@ class TrialPruner:
         elif self.metric == cfg.target.name:
             self.direction = cfg.target.dir
         else:
-            low = self.metric.lower()
-            self.direction = Direction.MINIMIZE if any(h in low for h in ("loss", "error", "perplexity", "nll")) else Direction.MAXIMIZE
+            self.direction = Direction.MINIMIZE if lower_is_better(self.metric) else Direction.MAXIMIZE
         self.n_warmup_steps = pc.n_warmup_steps
         self.runs_dir = runs_dir
         import optuna  # here, not at the top: a run without pruning never imports it for this
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(direction=self.direction.value, pruner=self._optuna_pruner())
-        self.best_final: float | None = None
+        self.best_final: float | None = None  # the kept best's final value of the metric: what forecast must beat
         for rec in history:
             self.observe(rec)
+            self.note_kept(rec)
 
     def _optuna_pruner(self) -> optuna.pruners.BasePruner:
         import optuna
@@ -167,16 +167,26 @@ class TrialPruner:
         final = rec.result.metrics.get(self.metric) if ok else None
         if final is None and ok:
             final = points[max(points)]
-        if ok and final is not None and math.isfinite(final):
-            if self.best_final is None or self.direction.better(final, self.best_final):
-                self.best_final = final
         from optuna.trial import TrialState, create_trial
 
+        complete = ok and final is not None and math.isfinite(final)
+        curve_ = {s: v for s, v in sorted(points.items()) if math.isfinite(v)}
+        if self.kind in ("asha", "hyperband"):
+            # Replayed through the pruner step by step, as a live trial reports: successive
+            # halving compares a trial only with those that recorded the same rung, which it
+            # records in the trial's system attributes when the trial passes it.
+            replay = self.study.ask()
+            for step, v in curve_.items():
+                replay.report(v, step)
+                if step >= self.n_warmup_steps:
+                    replay.should_prune()
+            self.study.tell(replay, final if complete else None, state=TrialState.COMPLETE if complete else TrialState.PRUNED)
+            return
         self.study.add_trial(
             create_trial(
-                state=TrialState.COMPLETE if (ok and final is not None and math.isfinite(final)) else TrialState.PRUNED,
-                value=final if (ok and final is not None and math.isfinite(final)) else None,
-                intermediate_values={s: v for s, v in points.items() if math.isfinite(v)},
+                state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+                value=final if complete else None,
+                intermediate_values=curve_,
             )
         )
 
@@ -196,24 +206,26 @@ class TrialPruner:
         if not new:
             return PruneVerdict(False)
         points = session.points
+        optuna_kind = self.kind not in ("forecast", "none")
         for step, v in sorted(new.items()):
             if not math.isfinite(v):
                 return PruneVerdict(True, f"{self.metric} became {v} at step {step}: the trial diverged", step)
-            if step not in points:
+            fresh = step not in points
+            if fresh:
                 session.trial.report(v, step)
             points[step] = v
+            # Asked step by step, as in a training loop: several rows read in one poll must not
+            # all be judged at the last one (ASHA records each rung's value when it is passed).
+            if fresh and optuna_kind and step >= self.n_warmup_steps and session.trial.should_prune():
+                return PruneVerdict(
+                    True,
+                    f"{self.kind} pruner: {self.metric} = {v:.6g} at step {step} is worse than "
+                    "the other trials at the same step",
+                    step,
+                )
         step = max(points)
-        if step < self.n_warmup_steps:
-            return PruneVerdict(False)
-        if self.kind == "forecast":
+        if self.kind == "forecast" and step >= self.n_warmup_steps:
             return self._forecast_verdict(session, step)
-        if self.kind != "none" and session.trial.should_prune():
-            return PruneVerdict(
-                True,
-                f"{self.kind} pruner: {self.metric} = {points[step]:.6g} at step {step} is worse than "
-                "the other trials at the same step",
-                step,
-            )
         return PruneVerdict(False)
 
     def _forecast_verdict(self, session: PruneSession, step: int) -> PruneVerdict:
@@ -241,8 +253,18 @@ class TrialPruner:
             self.study.tell(session.trial, state=TrialState.PRUNED)
             return
         self.study.tell(session.trial, final)
-        if self.best_final is None or self.direction.better(final, self.best_final):
-            self.best_final = final
+
+    def note_kept(self, rec: CycleRecord) -> None:
+        """A recorded cycle: when it is kept, its final value is the one a forecast must beat.
+
+        Only a kept cycle counts: one that scored higher and was not kept (under the required
+        gain, or a lucky run that the noise test rejected) is not the bar a trial must clear.
+        With noise-aware keeps the kept metric is the mean over seeds."""
+        if not rec.kept:
+            return
+        value = rec.metric if self.metric == self.cfg.target.name else rec.result.metrics.get(self.metric)
+        if value is not None and math.isfinite(value):
+            self.best_final = value
 
 
 @dataclass

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import decision as dec
 from .agents import Analyst, run_analyst
@@ -44,6 +44,8 @@ def assess(
     totals: dec.Totals,
     analyst: Analyst | None,
     noise: NoiseCheck,
+    resources: Mapping[str, str] | None = None,
+    time_left_s: float | None = None,
 ) -> CycleRecord:
     """The record of one finished cycle, not yet decided on.
 
@@ -54,7 +56,8 @@ def assess(
     kept, verdict = dec.judge(metric, result.status, totals.best, cfg, noise=totals.noise)
     if metric is not None and noise.enabled:
         result, metric, kept, verdict = noise.check(
-            run_id=run_id, cycle=cycle, cdir=cdir, result=result, metric=metric, kept=kept, verdict=verdict, totals=totals
+            run_id=run_id, cycle=cycle, cdir=cdir, result=result, metric=metric, kept=kept, verdict=verdict, totals=totals,
+            resources=resources, time_left_s=time_left_s,
         )
     write_metrics(cdir, cycle, run_id, cfg.target, result)
     progress = read_progress(cdir / "progress.jsonl")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -32,6 +33,18 @@ class FailureClass(str, enum.Enum):
     FROZEN_MODIFIED = "frozen_modified"  # a frozen file changed during the cycle
     AGENT_ERROR = "agent_error"  # the agent could not propose
     CANCELLED = "cancelled"  # manual stop while the trial ran
+
+
+# Metric names where lower is better: as parts of the name, and as whole words of it.
+_LOWER_PARTS = ("loss", "error", "perplexity", "nll", "mse", "mae", "wer", "cer", "regret")
+_LOWER_WORDS = frozenset({"mape", "msle", "ppl", "bpc", "bpb", "fid", "ece", "brier"})
+
+
+def lower_is_better(name: str) -> bool:
+    """A guess from a metric's name, for when no direction is given: ``val_loss``,
+    ``val_rmse``, ``test_wer``, ``ppl`` are minimized; ``val_accuracy``, ``f1``, ``auc`` maximized."""
+    low = name.lower()
+    return any(h in low for h in _LOWER_PARTS) or bool(_LOWER_WORDS & set(re.split(r"[^a-z0-9]+", low)))
 
 
 class Direction(str, enum.Enum):
@@ -272,7 +285,7 @@ class CycleRecord(_Record):
     result: TrialResult
     metric: float | None  # the target metric, None when the trial did not produce a valid one
     kept: bool  # improved the best by at least min_delta (and passed the gate)
-    verdict: str  # kept | discarded | below_gate | failed | invalid | timeout | pruned | cancelled
+    verdict: str  # kept | discarded | below_gate | noise | unconfirmed | failed | invalid | timeout | pruned | cancelled
     analysis: Analysis | None = None
     commit: str | None = None  # git commit of this cycle's code, when versioned
     frozen_hashes: dict[str, str] = field(default_factory=dict)

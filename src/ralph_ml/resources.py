@@ -11,27 +11,46 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from typing import Union
 
 from .errors import ConfigError, ExecutorError
 
 
-def detect_gpus() -> list[int]:
+GpuId = Union[int, str]  # an index (0, 1, ...) or a UUID (GPU-..., MIG-...), as CUDA_VISIBLE_DEVICES takes them
+
+
+def parse_visible_devices(visible: str) -> list[GpuId]:
+    """The GPUs a ``CUDA_VISIBLE_DEVICES`` value makes visible, as CUDA reads it: indices and
+    ``GPU-``/``MIG-`` UUIDs, up to the first entry that is neither (``-1`` hides the rest)."""
+    out: list[GpuId] = []
+    for raw in visible.split(","):
+        x = raw.strip()
+        if x.isdigit():
+            out.append(int(x))
+        elif x.startswith(("GPU-", "MIG-")):
+            out.append(x)
+        else:
+            break
+    return out
+
+
+def detect_gpus() -> list[GpuId]:
     """GPU ids visible to this process: CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
+        return parse_visible_devices(visible)
     if shutil.which("nvidia-smi") is None:
         return []
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [i for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+    return [i for i, _ in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
 
 
 @dataclass(frozen=True)
 class Allocation:
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[GpuId, ...] = ()
     cpus: int | None = None
 
     def env(self, pool_has_gpus: bool) -> dict[str, str]:
@@ -47,10 +66,10 @@ class Allocation:
 
 @dataclass
 class ResourcePool:
-    gpus: list[int] = field(default_factory=list)
+    gpus: list[GpuId] = field(default_factory=list)
     gpus_per_trial: int = 0
     cpus_per_trial: int | None = None
-    _free: list[int] = field(default_factory=list, init=False)
+    _free: list[GpuId] = field(default_factory=list, init=False)
     _held: dict[int, Allocation] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -60,7 +79,7 @@ class ResourcePool:
 
     @classmethod
     def for_concurrency(
-        cls, gpus: list[int], gpus_per_trial: int | None, cpus_per_trial: int | None, concurrency: int
+        cls, gpus: list[GpuId], gpus_per_trial: int | None, cpus_per_trial: int | None, concurrency: int
     ) -> ResourcePool:
         per = (1 if gpus else 0) if gpus_per_trial is None else gpus_per_trial
         if per > 0 and per * concurrency > len(gpus):

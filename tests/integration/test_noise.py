@@ -42,3 +42,31 @@ def test_a_real_gain_survives_confirmation(exp) -> None:  # type: ignore[no-unty
     base, better = recorded(root)
     assert better["kept"] and better["verdict"] == "kept"
     assert len(better["result"]["repeats"]) == 3 and abs(better["metric"] - 0.8) < 1e-9
+
+
+# Writes the GPUs it was given next to its logs; on a seed other than the project's, x = 0.3 crashes.
+POOL_TRIAL = """
+import json, os, sys
+p = json.load(open(os.environ["RALPH_PARAMS"]))
+seed = int(os.environ["RALPH_SEED"])
+with open(os.path.join(os.environ["RALPH_RUN_DIR"], "gpus.txt"), "w") as fh:
+    fh.write(os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+if p["x"] == 0.3 and seed != 0:
+    sys.exit("this configuration crashes on every seed but the first")
+print(f"val_accuracy: {0.5 + p['x'] + {0: 0.0, 1: -0.01, 2: 0.01}[seed]:.6f}")
+"""
+
+
+def test_repeats_run_on_the_cycles_gpus_and_a_gain_whose_repeat_fails_is_unconfirmed(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(POOL_TRIAL, target=1.5, space={"x": {"type": "categorical", "choices": [0.0, 0.3], "default": 0.0}},
+               safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 5},
+               execution={"gpus": [3, 5], "gpus_per_trial": 1}, extra=NOISE)
+    assert ralph(root, "start").returncode == 2
+    base, candidate = recorded(root)
+    assert base["kept"] and len(base["result"]["repeats"]) == 3
+    seen = {p.parent.name: p.read_text() for p in (root / "runs" / "cycle_0001").rglob("gpus.txt")}
+    assert seen == {"cycle_0001": "3", "seed_1": "3", "seed_2": "3"}  # the repeats ran on the cycle's GPU
+    # +0.3 on its first seed, then its confirmation repeat crashed: not kept on one run's word
+    assert candidate["metric"] == 0.8 and not candidate["kept"] and candidate["verdict"] == "unconfirmed"
+    st = json.loads(ralph(root, "status", "--json", check=True).stdout)
+    assert st["best"]["cycle"] == 1

@@ -64,6 +64,21 @@ def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp
     assert "forecast" in second["result"]["message"]
     rows = (root / "runs" / "cycle_0002" / "progress.jsonl").read_text().splitlines()
     assert len(rows) < 20  # it ignored the request and was terminated before the end
+    # it wrote no metrics.json: its partial metrics are its last progress row
+    assert second["result"]["metrics"] == {"val_accuracy": json.loads(rows[-1])["val_accuracy"]}
+
+
+def test_a_trial_that_listened_is_not_terminated_while_its_evaluation_runs(exp) -> None:  # type: ignore[no-untyped-def]
+    slow_eval = "python -c \"import time; time.sleep(1.5); from ralph_ml import trial; trial.log_metrics(evaluated=1)\""
+    root = exp(CURVE, target=1.5, space={"x": {"type": "categorical", "choices": [0.7, 0.0], "default": 0.7}},
+               safeguards={"max_cycles": 2}, execution={"eval_cmd": slow_eval},
+               extra={"pruning": {"pruner": "forecast", "max_steps": 19, "n_warmup_steps": 3, "grace_s": 0.3}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    second = recorded(root)[1]
+    assert second["result"]["status"] == "pruned", second["result"]
+    # stopped at the request, then evaluated for longer than the grace: the evaluation's metric is kept
+    assert second["result"]["metrics"]["evaluated"] == 1 and second["result"]["metrics"]["steps_done"] < 20
 
 
 

@@ -190,7 +190,8 @@ def test_cli_kill9_then_resume_reattaches_to_the_slurm_jobs(slurm: Path, exp, tm
         GATED_TRIAL, target=0.99,
         safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 10},
         execution={"mode": "slurm", "max_concurrency": 2, "env": {"LEDGER": str(ledger), "GATES": str(gates)}},
-        extra={"execution.slurm": {"partition": "debug", "poll_s": 0.5}},
+        # with a pruner on, the re-attached trial gets its pruning session too (it once crashed the loop)
+        extra={"execution.slurm": {"partition": "debug", "poll_s": 0.5}, "pruning": {"pruner": "median"}},
     )
     proc = ralph_bg(root, "start")
     try:

@@ -414,3 +414,22 @@ def test_a_parameter_added_to_the_space_counts_as_its_default_in_the_cycles_that
     assert len(agent.study.trials) == 2 and {t.params["dropout"] for t in agent.study.trials} == {0.0}
     assert {**BASE} == agent._baseline() and agent.propose(context(grown, h, pending=(prop,))).params != BASE
     assert set(old) < set(grown.search_space)
+
+
+def test_a_pruned_cycle_is_told_to_tpe_as_pruned_at_its_last_value_not_as_a_failure() -> None:
+    c = cfg(screen=False)
+    pruned = CycleRecord(cycle=2, proposal=Proposal(params={**BASE, "lr": 5e-2}, rationale="", agent="builtin"),
+                         result=TrialResult(status=TrialStatus.PRUNED, metrics={"acc": 0.21}, stopped_by="pruner",
+                                            stopped_at_step=4),
+                         metric=None, kept=False, verdict="pruned")
+    silent = CycleRecord(cycle=3, proposal=Proposal(params={**BASE, "lr": 6e-2}, rationale="", agent="builtin"),
+                         result=TrialResult(status=TrialStatus.PRUNED, stopped_by="pruner", stopped_at_step=2),
+                         metric=None, kept=False, verdict="pruned")
+    for late in (False, True):  # told before and after the study is built
+        agent = BuiltinAgent(c)
+        if not late:
+            assert len(agent.study.trials) == 0
+        for rec in (record(1, BASE, 0.6, True), pruned, silent):
+            agent.observe(rec)
+        got = [(t.state.name, t.intermediate_values) for t in agent.study.trials]
+        assert got == [("COMPLETE", {}), ("PRUNED", {4: 0.21}), ("PRUNED", {})], got

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from ralph_ml.config import load_config
+from ralph_ml.config import Config, load_config
 from ralph_ml.errors import ConfigError
-from ralph_ml.records import Direction
+from ralph_ml.records import Direction, lower_is_better
 
 # The spec's RALPH_ML_CONFIG.json (seed 000, "Configuration File"), verbatim.
 SPEC = {
@@ -110,3 +110,30 @@ def test_no_config_file_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="ralph-ml init"):
         load_config()
+
+
+@pytest.mark.parametrize("name, lower", [
+    ("val_loss", True), ("val_rmse", True), ("test_wer", True), ("ppl", True), ("val_mape", True), ("fid", True),
+    ("val_accuracy", False), ("f1", False), ("auc", False), ("map", False), ("val_precision", False),
+])
+def test_the_direction_guessed_from_a_metric_name(name: str, lower: bool) -> None:
+    """One guess for the target, the pruner's metric and the analysis (set a direction to be sure)."""
+    assert lower_is_better(name) is lower
+    direction = Config.model_validate({"project": {"target_metric": {"name": name, "value": 0.5}}}).target.dir
+    assert (direction is Direction.MINIMIZE) is lower
+
+
+def test_gpu_ids_are_indices_or_uuids_as_cuda_visible_devices_takes_them() -> None:
+    from ralph_ml.resources import ResourcePool, parse_visible_devices
+
+    assert parse_visible_devices("0,2") == [0, 2]
+    assert parse_visible_devices("GPU-8f2a, MIG-1c3d/1/0") == ["GPU-8f2a", "MIG-1c3d/1/0"]
+    assert parse_visible_devices("1,-1,2") == [1]  # CUDA stops at an invalid entry
+    assert parse_visible_devices("") == []
+    ex = Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 1}},
+                                "execution": {"gpus": ["MIG-a", "MIG-b"], "max_concurrency": 2}}).execution
+    pool = ResourcePool.for_concurrency(list(ex.gpus), ex.gpus_per_trial, None, 2)
+    first, second = pool.allocate(1), pool.allocate(2)
+    assert first.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-a" and second.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-b"
+    with pytest.raises(ValueError, match="not GPU ids"):
+        Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 1}}, "execution": {"gpus": ["cuda:0"]}})

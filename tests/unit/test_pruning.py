@@ -90,3 +90,37 @@ def test_progress_reader_returns_only_complete_new_rows(tmp_path: Path) -> None:
         fh.write('c": 0.2}\n')
     assert r.new_rows() == [{"step": 1, "acc": 0.2}]
     assert r.new_rows() == []
+
+
+def rows(values: list[float]) -> list[dict[str, float]]:
+    return [{"step": i, "acc": v} for i, v in enumerate(values)]
+
+
+def test_rows_read_in_one_poll_are_judged_step_by_step(tmp_path: Path) -> None:
+    history = [write_curve(tmp_path, c, saturating(0.9)) for c in (1, 2, 3)]
+    p = TrialPruner(cfg(pruner="median", n_startup_trials=2, n_warmup_steps=2), history, tmp_path)
+    v = p.update(p.start({}), rows(saturating(0.3)))  # ten steps arrive at once
+    assert v.prune and v.step == 2  # where a step-by-step pruner stops it, not at the last row
+
+
+def test_asha_compares_with_the_trials_of_a_resumed_run(tmp_path: Path) -> None:
+    # a resumed run rebuilds its pruner from the recorded curves: successive halving must see
+    # them at its rungs, or every trial would only compete with itself and always be promoted
+    history = [write_curve(tmp_path, c, saturating(top)) for c, top in ((1, 0.9), (2, 0.88), (3, 0.86), (4, 0.92))]
+    p = TrialPruner(cfg(pruner="asha", n_warmup_steps=1, reduction_factor=2), history, tmp_path)
+    rungs = [t.system_attrs for t in p.study.trials]
+    assert all("completed_rung_0" in attrs for attrs in rungs), rungs
+    v = p.update(p.start({}), rows(saturating(0.3)))
+    assert v.prune and v.step == 1 and "asha" in v.reason
+    assert not p.update(p.start({}), rows(saturating(0.95))).prune
+
+
+def test_the_forecast_must_beat_the_kept_best_not_a_higher_run_that_was_not_kept(tmp_path: Path) -> None:
+    kept = write_curve(tmp_path, 1, saturating(0.5))
+    lucky = write_curve(tmp_path, 2, saturating(0.9))
+    lucky = CycleRecord(cycle=2, proposal=Proposal(), result=lucky.result, metric=lucky.metric, kept=False, verdict="noise")
+    p = TrialPruner(cfg(pruner="forecast", n_warmup_steps=3, max_steps=9), [kept, lucky], tmp_path)
+    assert p.best_final == kept.metric
+    s = p.start({})
+    middling = saturating(0.7)  # can beat the kept 0.5, not the lucky 0.9
+    assert not any(p.update(s, [{"step": i, "acc": middling[i]}]).prune for i in range(6))

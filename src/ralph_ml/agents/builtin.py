@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..config import Config, Param
@@ -69,6 +70,34 @@ def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A pruned cycle as TPE is told it: state PRUNED, with the target metric where it stopped.
+
+    TPE ranks pruned trials after the complete ones, the later and better their last step the
+    higher, so a configuration stopped as doomed steers the search away from its region; told
+    as FAIL it would teach the search nothing."""
+
+    curve: dict[int, float]  # {step: target metric} at the step it stopped, when the trial reported it
+
+    @classmethod
+    def of(cls, record: CycleRecord, target: str) -> Pruned | None:
+        if record.result.status is not TrialStatus.PRUNED:
+            return None
+        value = record.result.metrics.get(target)  # the last progress row, when it reported the target
+        if value is None or not math.isfinite(value):
+            return cls({})
+        return cls({int(record.result.stopped_at_step or 0): float(value)})
+
+
+def _state(metric: float | None, pruned: Pruned | None) -> optuna.trial.TrialState:
+    from optuna.trial import TrialState
+
+    if metric is not None:
+        return TrialState.COMPLETE
+    return TrialState.PRUNED if pruned is not None else TrialState.FAIL
 
 
 def nominal(p: Param) -> bool:
@@ -168,10 +197,10 @@ class BuiltinAgent(Agent):
         # Optuna is imported, and the TPE study built, when TPE first proposes: the baseline,
         # the screen and the directed steps do without it (its import is a few tenths of a
         # CPU-second of every run, most of which stop before TPE). Until then the finished
-        # cycles wait here, in order, as (params, metric or None).
+        # cycles wait here, in order, as (params, metric or None, pruned).
         self._study: optuna.Study | None = None
         self._dists: dict[str, BaseDistribution] | None = None
-        self._unseen: list[tuple[dict[str, Any], float | None]] = []
+        self._unseen: list[tuple[dict[str, Any], float | None, Pruned | None]] = []
         # The TPE trials behind proposals in flight, told their result in observe().
         self._asked: dict[tuple[tuple[str, Any], ...], optuna.trial.Trial] = {}
 
@@ -192,13 +221,13 @@ class BuiltinAgent(Agent):
                 direction="maximize" if self.cfg.target.dir.value == "maximize" else "minimize"
             )
             unseen, self._unseen = self._unseen, []
-            for params, metric in unseen:
-                self._add(params, metric)
+            for params, metric, pruned in unseen:
+                self._add(params, metric, pruned)
         return self._study
 
-    def _add(self, params: dict[str, Any], metric: float | None) -> None:
+    def _add(self, params: dict[str, Any], metric: float | None, pruned: Pruned | None = None) -> None:
         """Add one finished cycle to the study, unless it lies outside the current space (the space was edited)."""
-        from optuna.trial import TrialState, create_trial
+        from optuna.trial import create_trial
 
         try:
             fits = all(self.dists[n]._contains(self.dists[n].to_internal_repr(v)) for n, v in params.items())
@@ -206,8 +235,8 @@ class BuiltinAgent(Agent):
             fits = False
         if not fits:
             return
-        self.study.add_trial(create_trial(params=params, distributions=self.dists, value=metric,
-                                          state=TrialState.COMPLETE if metric is not None else TrialState.FAIL))
+        self.study.add_trial(create_trial(params=params, distributions=self.dists, value=metric, state=_state(metric, pruned),
+                                          intermediate_values=pruned.curve if pruned is not None else None))
 
     # -- history -----------------------------------------------------------------------
     def observe(self, record: CycleRecord) -> None:
@@ -217,15 +246,16 @@ class BuiltinAgent(Agent):
             return  # a parameter it did not set declares no default: what ran is unknown to TPE
         ok = record.result.status is TrialStatus.OK and record.metric is not None and math.isfinite(record.metric)
         metric = record.metric if ok else None
+        pruned = Pruned.of(record, self.cfg.target.name)
         asked = self._asked.pop(_key(params), None)
         if asked is not None:
-            from optuna.trial import TrialState
-
-            self.study.tell(asked, metric, state=TrialState.COMPLETE if ok else TrialState.FAIL)
+            for step, value in (pruned.curve if pruned is not None else {}).items():
+                asked.report(value, step)
+            self.study.tell(asked, metric, state=_state(metric, pruned))
         elif self._study is None:
-            self._unseen.append((params, metric))
+            self._unseen.append((params, metric, pruned))
         else:
-            self._add(params, metric)
+            self._add(params, metric, pruned)
 
     # -- proposing ---------------------------------------------------------------------
     def _sampler(self, cycle: int, attempt: int) -> optuna.samplers.BaseSampler:
