@@ -53,7 +53,12 @@ def assess(
     ``history`` and ``totals`` are the cycles recorded before this one.
     """
     result, metric = classify(result, cfg.target.name)
-    kept, verdict = dec.judge(metric, result.status, totals.best, cfg, noise=totals.noise)
+    # With confirmation repeats, a single run that beats the best at all is a candidate, and the
+    # mean over its seeds decides against the noise (as SMAC's intensification races a
+    # challenger): judged on the noise alone, one run would need z x noise x sqrt(1 + 1/n_best),
+    # more than a real gain of z x noise clears, and would never be re-run to show it.
+    confirming = noise.enabled and cfg.noise.confirm_repeats > 0 and totals.best_seen is not None
+    kept, verdict = dec.judge(metric, result.status, totals.best, cfg, noise=None if confirming else totals.noise)
     if metric is not None and noise.enabled:
         result, metric, kept, verdict = noise.check(
             run_id=run_id, cycle=cycle, cdir=cdir, result=result, metric=metric, kept=kept, verdict=verdict, totals=totals,

@@ -44,6 +44,18 @@ def test_a_real_gain_survives_confirmation(exp) -> None:  # type: ignore[no-unty
     assert len(better["result"]["repeats"]) == 3 and abs(better["metric"] - 0.8) < 1e-9
 
 
+
+def test_a_real_gain_of_twice_the_noise_is_re_run_and_kept(exp) -> None:  # type: ignore[no-untyped-def]
+    # noise 0.05 (the baseline's three seeds); x = 0.1 is a real +0.1. One run's +0.1 is short of
+    # z x 0.05 x sqrt(1 + 1/3) = 0.115, so judged alone it would be discarded without a re-run;
+    # as a candidate it is re-run, and the mean of three (+0.1) clears 2 x 0.05 x sqrt(2/3) = 0.082
+    root = exp(TRIAL, target=1.5, space={"x": {"type": "categorical", "choices": [0.0, 0.1], "default": 0.0}},
+               safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 5}, extra=NOISE)
+    assert ralph(root, "start").returncode == 2
+    base, better = recorded(root)
+    assert better["result"]["repeats"] == [0.6, 0.55, 0.65] and abs(better["metric"] - 0.6) < 1e-9
+    assert better["kept"] and better["verdict"] == "kept"
+
 # Writes the GPUs it was given next to its logs; on a seed other than the project's, x = 0.3 crashes.
 POOL_TRIAL = """
 import json, os, sys
