@@ -79,6 +79,7 @@ class Flight:
     prune_at: float = 0.0
     pruner_saw: bool = False
     parent: int | None = None  # the version this cycle's code derives from
+    settled: bool = False  # its end was handled (_settle); it may wait in ``flights`` to be recorded
 
 
 class Loop:
@@ -175,6 +176,9 @@ class Loop:
         first = next((r.commit for r in sorted(self.history, key=lambda r: r.cycle) if r.commit), None)
         self.git.begin(first_commit=first, runs_dir=self.runs_dir,
                        keep=[self.cycle_dir(c) / "code" for c in in_flight])
+        best = self._best
+        if best is not None and best.commit:  # a crash between journalling a kept cycle and tagging it
+            self.git.mark_best(best.commit)
 
     @classmethod
     def start(cls, cfg: Config, on_event: Optional[EventSink] = None) -> Loop:
@@ -337,9 +341,12 @@ class Loop:
             for cycle, proposal in self._pending:
                 flights[cycle] = self._recover(cycle, proposal)
             self._pending = []
-            if not flights and self.history:
+            if self.history:
+                # A resumed run stops where the recorded history says so, with cycles in flight
+                # too: a crash while the stop cancelled them must not start new ones.
                 d = dec.after_cycle(self._tail(), self.cfg, self.usage(), self.totals)
                 if d.stop:
+                    self._drain(flights)
                     return self._finish(d)
             while True:
                 no_more = self._fill(flights)
@@ -482,6 +489,14 @@ class Loop:
                 flight.result = found
             return flight
         if cdir.exists():
+            # Built on the version it was built on: the best may have moved since it started.
+            if "parent" not in proposal.meta and (cdir / "version.json").exists():
+                try:
+                    parent = json.loads((cdir / "version.json").read_text())["parent"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                else:
+                    proposal = replace(proposal, meta={**proposal.meta, "parent": parent})
             # The trial did not finish: keep its partial files as evidence, then re-run it once.
             attic = self.runs_dir / ".interrupted"
             attic.mkdir(parents=True, exist_ok=True)
@@ -580,7 +595,8 @@ class Loop:
             for f in running:
                 self._prune_check(f)
         for f in ready:
-            self._settle(f)
+            if not f.settled:  # one ended beside a cycle whose record stopped the run comes back in _drain
+                self._settle(f)
         return ready
 
     def _prune_check(self, f: Flight) -> None:
@@ -608,6 +624,7 @@ class Loop:
     def _settle(self, f: Flight) -> None:
         """A trial ended: free its resources, apply the pruning verdict, close its pruner session."""
         assert f.result is not None
+        f.settled = True
         if f.alloc is not None:  # the trial really ran (its resources are freed once it is recorded)
             self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
         f.handle = None
@@ -713,7 +730,9 @@ class Loop:
         d = self._decide(record)
         if final and not d.stop:
             d = Decision(action="stop", reason=self.last_decision.reason if self.last_decision else None,
-                         message="cancelled: the run stopped while this trial was in flight")
+                         message="cancelled: the run stopped while this trial was in flight"
+                         if record.result.status is TrialStatus.CANCELLED
+                         else "the run stopped as this trial ended: its result is recorded as it is")
         recording.write_decision(f.cdir, record, d)
         assert self.journal is not None
         self.journal.append(recording.journal_entry(record, d, self.elapsed_s))

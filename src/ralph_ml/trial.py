@@ -183,10 +183,11 @@ def report(step: int, **metrics: float) -> bool:
     """Append ``{"step", "time", **metrics}`` to progress.jsonl; True when asked to stop.
 
     Call it once per epoch (or every N steps) and stop training when it returns True: the
-    loop asks a trial to stop when it is pruned or the run is stopped, and it returns True
-    at once (no round trip to the loop) when ``metrics`` holds the target metric at a value
-    that meets the target (``$RALPH_STOP_AT_TARGET``, ``pruning.stop_at_target``). Outside
-    the loop nothing is written and it returns False.
+    loop asks a trial to stop when it is pruned (``ralph-ml stop`` terminates trials instead,
+    after ``execution.kill_grace_s``), and it returns True at once (no round trip to the loop)
+    when ``metrics`` holds the target metric at a value that meets the target
+    (``$RALPH_STOP_AT_TARGET``, ``pruning.stop_at_target``). Outside the loop nothing is
+    written and it returns False.
     """
     path = os.environ.get("RALPH_PROGRESS_PATH")
     if path:

@@ -332,6 +332,32 @@ def test_hf_stops_when_a_logged_report_says_so(trials: Trials) -> None:
     assert max(row["step"] for row in t.progress) == 4
 
 
+def test_hf_with_two_processes_stops_them_together_when_only_the_main_one_sees_the_target(tmp_path: Path) -> None:
+    # Two DDP processes on the CPU (gloo). Only process 0 reports, so only it sees the target met
+    # at its first log (step 4); stopping alone, it would leave process 1 waiting at the next
+    # gradient sync. The callback combines the decision: both stop at the next step end.
+    script = HF.replace("use_cpu=True,", "use_cpu=True, ddp_backend=\"gloo\",").replace(
+        "print(json.dumps(",
+        "open(os.path.join(os.environ[\"RALPH_RUN_DIR\"], f\"out_{os.environ['RANK']}.json\"), \"w\").write(json.dumps(",
+    ).replace('"base": issubclass(RalphCallback, TrainerCallback)}))', '"base": issubclass(RalphCallback, TrainerCallback)}))\n')
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    (tmp_path / "train.py").write_text(textwrap.dedent(script))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
+               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
+               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
+               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", RALPH_STOP_AT_TARGET=json.dumps({"name": "loss", "value": 100.0, "direction": "minimize"}))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads((cycle / f"out_{rank}.json").read_text())["global_step"] for rank in (0, 1)]
+    assert steps == [5, 5], steps  # asked in the log call at step 4, stopped together at the end of step 5
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 4 and (cycle / "stopped.json").exists()  # process 0's report met the target
+
+
 # --------------------------------------------------------------------------- plain loops (PyTorch, JAX)
 
 COMMON = """

@@ -54,6 +54,9 @@ def _check_history(root: Path, head: str, index: bytes, n: int) -> None:
         assert git(root, "rev-parse", f"{r['commit']}^") == want, f"cycle {c}"
         assert git(root, "rev-parse", f"refs/ralph/{run_id}/cycles/{c:04d}") == r["commit"]
         assert (root / "runs" / f"cycle_{c:04d}" / "code" / "train.py").is_file()
+    kept = [r for r in recorded(root) if r["kept"]]
+    if kept:  # the best tag follows the best version, whatever the kills interrupted
+        assert git(root, "rev-parse", f"ralph/{run_id}/best") == kept[-1]["commit"]
     assert _code_worktrees(root) == []
     assert not list(root.glob("runs/**/code/.git"))  # attic folders included
     assert git(root, "rev-parse", "HEAD") == head and (root / ".git" / "index").read_bytes() == index
@@ -86,6 +89,18 @@ def test_kill_9_with_two_worktrees_in_flight_then_resume(exp, tmp_path: Path) ->
     _check_history(root, head, index, 4)
     attic = sorted((root / "runs" / ".interrupted").iterdir())
     assert len(attic) == 2 and all((a / "code" / "train.py").is_file() for a in attic)
+
+
+def test_resume_moves_the_best_tag_that_a_crash_left_on_an_older_version(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(TRIAL, target=1.5, safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 20})
+    head, index = _user_repo(root)
+    assert ralph(root, "start").returncode == 2
+    run_id = journal_events(root)[0]["run_id"]
+    # what a kill -9 between journalling a kept cycle and moving the tag leaves behind
+    git(root, "update-ref", f"refs/tags/ralph/{run_id}/best", head)
+    res = ralph(root, "resume")
+    assert res.returncode == 2, res.stdout + res.stderr
+    _check_history(root, head, index, 3)
 
 
 def test_random_kills_with_git_on_never_leave_a_worktree_or_a_broken_history(exp) -> None:  # type: ignore[no-untyped-def]

@@ -83,3 +83,131 @@ def test_kill_9_with_two_trials_in_flight_reruns_each_once(exp, tmp_path: Path) 
         if e["type"] == "cycle_started":
             starts.setdefault(e["cycle"], []).append(e["proposal"])
     assert all(len(v) == 1 for v in starts.values())
+
+
+SLOW_THIRD = '''
+import time
+from ralph_ml.agents.base import Agent
+from ralph_ml.records import Proposal
+
+
+class SlowThird(Agent):
+    """Proposes x = 0.9, 0.8, 0.7, ...; the third proposal takes 2 s, long enough for the first two trials to end."""
+    name = "slow-third"
+
+    def __init__(self, cfg):
+        pass
+
+    def propose(self, ctx):
+        n = len(ctx.history) + len(ctx.pending) + 1
+        if n == 3:
+            time.sleep(2.0)
+        return Proposal(params={"x": round(1.0 - n / 10, 2)}, rationale=f"proposal {n}", agent=self.name)
+'''
+
+
+def test_two_trials_that_end_together_as_the_run_stops_are_each_recorded_once(exp) -> None:  # type: ignore[no-untyped-def]
+    # Cycles 1 and 2 end while the third is being proposed, so one poll returns both; cycle 1 meets
+    # the target and the stop drains the others. With the pruner on, handling cycle 2's end twice
+    # once told Optuna a finished trial again and crashed the loop.
+    quick = "import json, os\np = json.load(open(os.environ['RALPH_PARAMS']))\nprint(f\"val_accuracy: {p['x']}\")\n"
+    root = exp(quick, target=0.85, safeguards={"max_cycles": 6, "no_improvement_stop_cycles": 20},
+               execution={"max_concurrency": 3},
+               extra={"agents": {"code_model": "slow_agent:SlowThird"}, "pruning": {"pruner": "median"}})
+    (root / "slow_agent.py").write_text(SLOW_THIRD)
+    proc = ralph(root, "start")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # target met
+    recs = recorded(root)
+    assert sorted(r["cycle"] for r in recs) == [1, 2, 3]
+    by = {r["cycle"]: r for r in recs}
+    assert by[1]["metric"] == 0.9 and by[1]["kept"]
+    assert by[2]["result"]["status"] == "ok" and by[2]["metric"] == 0.8  # ended before the stop: its result stands
+    assert by[3]["result"]["status"] == "cancelled"
+    decisions = {e["record"]["cycle"]: e["decision"]["message"] for e in journal_events(root) if e.get("type") == "cycle_recorded"}
+    assert len(decisions) == 3
+    assert decisions[2].startswith("the run stopped as this trial ended") and decisions[3].startswith("cancelled")
+
+
+STOP_THEN_HANG = """
+import os, signal, sys, time
+if os.environ["RALPH_CYCLE"] == "1":
+    time.sleep(0.3)
+    print("val_accuracy: 0.95")  # meets the target: the run stops and cancels cycle 2
+    sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so the stop waits out the kill grace
+time.sleep(4)
+print("val_accuracy: 0.5")
+"""
+
+
+def test_a_crash_while_the_stop_cancels_the_trials_in_flight_resumes_into_that_stop(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(STOP_THEN_HANG, target=0.9, safeguards={"max_cycles": 5, "no_improvement_stop_cycles": 20},
+               execution={"max_concurrency": 2, "kill_grace_s": 3.0})
+    proc = ralph_bg(root, "start")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not ((root / "state" / "journal.jsonl").exists() and recorded(root)):
+            time.sleep(0.05)
+        assert [r["cycle"] for r in recorded(root)] == [1]  # recorded: target met; cycle 2 is being cancelled
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    res = ralph(root, "resume")
+    assert res.returncode == 0, res.stdout + res.stderr  # the recorded stop: target met
+    recs = recorded(root)
+    assert [r["cycle"] for r in recs] == [1, 2]  # no cycle 3 was started
+    assert recs[1]["result"]["status"] == "cancelled"
+    assert not (root / "runs" / "cycle_0003").exists()
+
+
+IN_ORDER = '''
+from ralph_ml.agents.base import Agent
+from ralph_ml.records import Proposal
+
+
+class InOrder(Agent):
+    """x = 0.1, then 0.7 and 0.5 side by side (both on cycle 1, the best when they start), then 0.6."""
+    name = "in-order"
+
+    def __init__(self, cfg):
+        pass
+
+    def propose(self, ctx):
+        n = len(ctx.history) + len(ctx.pending) + 1
+        if n == 2 and ctx.pending:
+            return None  # cycles 2 and 3 start once cycle 1 is the best
+        return Proposal(params={"x": {1: 0.1, 2: 0.7, 3: 0.5}.get(n, 0.6)}, rationale=f"proposal {n}", agent=self.name)
+'''
+
+HELD_THIRD = """
+import json, os, time
+p = json.load(open(os.environ["RALPH_PARAMS"]))
+deadline = time.monotonic() + 60
+while os.environ["RALPH_CYCLE"] == "3" and os.path.exists(os.environ["HOLD"]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(f"val_accuracy: {1 - (p['x'] - 0.7) ** 2:.6f}")
+"""
+
+
+def test_a_trial_re_run_after_a_crash_builds_on_the_version_it_started_on(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    hold = tmp_path / "hold"
+    hold.touch()
+    root = exp(HELD_THIRD, target=1.5, safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 20},
+               execution={"max_concurrency": 2, "env": {"HOLD": str(hold)}},
+               extra={"agents": {"code_model": "in_order:InOrder"}})
+    (root / "in_order.py").write_text(IN_ORDER)
+    proc = ralph_bg(root, "start")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(recorded(root) if (root / "state" / "journal.jsonl").exists() else []) < 2:
+            time.sleep(0.05)
+        assert [(r["cycle"], r["kept"]) for r in recorded(root)] == [(1, True), (2, True)]  # cycle 3 held, on cycle 1
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    hold.unlink()
+    res = ralph(root, "resume")
+    assert res.returncode == 2, res.stdout + res.stderr
+    third = recorded(root)[2]
+    assert third["cycle"] == 3 and third["parent"] == 1  # not cycle 2, the best when it was re-run
+    assert json.loads((root / "runs" / "cycle_0003" / "version.json").read_text())["parent"] == 1

@@ -41,13 +41,17 @@ class RalphCallback(TrainerCallback):
     - ``trial.log_metrics(**latest value of each logged metric)`` when training ends
       (``log_final=False``: not).
 
-    With several processes only the main one (``state.is_world_process_zero``) writes;
-    every process reads the stop request.
+    With several processes only the main one (``state.is_world_process_zero``) writes, and
+    the stop decision is combined across processes at every step end (an all-reduce of one
+    number, as Lightning's ``reduce_boolean_decision``): a stop only the main process sees
+    (its report met the target) stops them all at the same step, instead of leaving the
+    others waiting at the next gradient sync.
     """
 
     def __init__(self, *, log_final: bool = True) -> None:
         self.log_final = log_final
         self.latest: dict[str, float] = {}  # the latest value of each logged metric
+        self.asked = False  # a report on this process returned True
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -55,14 +59,34 @@ class RalphCallback(TrainerCallback):
     ) -> None:
         metrics = scalars(logs)
         self.latest.update(metrics)
-        stop = trial.report(state.global_step, **metrics) if state.is_world_process_zero else trial.should_stop()
-        if stop:
+        if state.is_world_process_zero:
+            self.asked = trial.report(state.global_step, **metrics) or self.asked
+        if self.asked and _world_size() == 1:  # one process: stop at once (several: at the step end, together)
             control.should_training_stop = True
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if trial.should_stop():
+        if any_process(self.asked or trial.should_stop()):
             control.should_training_stop = True
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.log_final and self.latest and state.is_world_process_zero:
             trial.log_metrics(**self.latest)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def any_process(flag: bool) -> bool:
+    """``flag`` or-ed over every process of the ``torch.distributed`` group (itself with one)."""
+    if _world_size() == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
