@@ -126,5 +126,7 @@ def test_random_sigkills_never_lose_or_duplicate_a_cycle(exp, tmp_path: Path) ->
     _check_ledger(root, n)
     runs = [int(x) for x in log.read_text().split()]
     assert sorted(set(runs)) == list(range(1, n + 1))
+    # one trial at a time: a kill interrupts at most one, which is re-run once
+    assert len(runs) <= n + kills, f"{len(runs)} executions of {n} cycles with {kills} kills"
     stopped = [e for e in journal_events(root) if e["type"] == "run_stopped"]
     assert stopped[-1]["decision"]["reason"] == "max_cycles"
