@@ -115,6 +115,17 @@ def test_background_grandchild_does_not_survive_a_normal_end(tmp_path: Path) -> 
     wait_for(lambda: not alive(bg), 2.0)
 
 
+def test_a_child_in_its_own_session_does_not_survive_a_normal_end(tmp_path: Path) -> None:
+    # outside the trial's process group: only the trial's token in its environment finds it
+    escape = (f"{PY} -c \"import subprocess; p = subprocess.Popen(['sleep', '1000'], start_new_session=True); "
+              "open('bg.pid', 'w').write(str(p.pid))\"; exit 0")
+    spec = make_spec(tmp_path, escape)
+    result = run(spec)
+    assert result.status is TrialStatus.OK
+    (bg,) = read_pids(Path(spec.code_dir) / "bg.pid", 1)
+    wait_for(lambda: not alive(bg), 2.0)
+
+
 def test_wait_returns_as_soon_as_the_trial_ends(tmp_path: Path) -> None:
     handle = LocalExecutor().submit(make_spec(tmp_path, "sleep 0.3"))
     assert handle.wait(0.05) is None and handle.poll() is None

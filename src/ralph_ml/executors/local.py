@@ -452,6 +452,9 @@ class LocalTrialHandle(TrialHandle):
         """One non-blocking step of the state machine; sets ``_result`` when the trial ends."""
         if self._exited():
             rc = self._reap()
+            # What left the group (setsid, start_new_session) still carries the trial's token: a
+            # helper that outlived its trial would keep its GPU memory into the next cycle.
+            _sweep(self._token)
             self._end_phase()
             if rc != 0:
                 self._finish_failed(rc)
