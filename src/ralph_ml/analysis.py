@@ -46,10 +46,6 @@ def _series(rows: Sequence[Mapping[str, Any]], name: str) -> list[float]:
     return out
 
 
-def _is_loss(name: str) -> bool:
-    return lower_is_better(name)
-
-
 class _Recs:
     def __init__(self, cfg: Config) -> None:
         self.space = cfg.search_space
@@ -140,7 +136,7 @@ def analyze(
     diag = "improving" if kept else "plateau"
     if not before.cycles:
         diag = "baseline"
-    losses = [k for k in (progress[-1].keys() if progress else ()) if _is_loss(k) and k.startswith("train")]
+    losses = [k for k in (progress[-1].keys() if progress else ()) if lower_is_better(k) and k.startswith("train")]
     train_loss = _series(progress, losses[0]) if losses else []
     val_loss = _series(progress, "val_loss")
     gap = _train_val_gap(result.metrics, target.name)
@@ -223,7 +219,7 @@ def _peak(progress: Sequence[Mapping[str, Any]], name: str, maximize: bool, delt
 def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:
     for row in progress[-5:]:
         for k, v in row.items():
-            if _is_loss(k) and isinstance(v, (float, str)):
+            if lower_is_better(k) and isinstance(v, (float, str)):
                 try:
                     if not math.isfinite(float(v)):
                         return True
@@ -234,7 +230,7 @@ def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:
 
 def _train_counterpart(metrics: Mapping[str, float], target_name: str) -> float | None:
     """train_X for an accuracy-like val_X target, when reported."""
-    if not target_name.startswith("val_") or _is_loss(target_name):
+    if not target_name.startswith("val_") or lower_is_better(target_name):
         return None
     v = metrics.get("train_" + target_name[len("val_"):])
     return v if v is not None and math.isfinite(v) else None
@@ -242,7 +238,7 @@ def _train_counterpart(metrics: Mapping[str, float], target_name: str) -> float 
 
 def _train_val_gap(metrics: Mapping[str, float], target_name: str) -> float | None:
     """train_X - val_X for an accuracy-like target, when both are reported."""
-    if not target_name.startswith("val_") or _is_loss(target_name):
+    if not target_name.startswith("val_") or lower_is_better(target_name):
         return None
     base = target_name[len("val_"):]
     train = metrics.get(f"train_{base}")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .records import Direction, lower_is_better
+from .resources import is_gpu_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,8 +42,7 @@ class TargetMetric(_Model):
         if not math.isfinite(self.value):
             raise ValueError(f"target value must be a finite number, got {self.value}")
         if self.direction is None:
-            low = self.name.lower()
-            guess = Direction.MINIMIZE if lower_is_better(low) else Direction.MAXIMIZE
+            guess = Direction.MINIMIZE if lower_is_better(self.name) else Direction.MAXIMIZE
             object.__setattr__(self, "direction", guess)
         return self
 
@@ -159,7 +159,7 @@ class Execution(_Model):
     @classmethod
     def _gpu_ids(cls, v: Union[list[Union[int, str]], str]) -> Union[list[Union[int, str]], str]:
         if isinstance(v, list):
-            bad = [g for g in v if isinstance(g, str) and not (g.isdigit() or g.startswith(("GPU-", "MIG-")))]
+            bad = [g for g in v if isinstance(g, str) and not is_gpu_id(g)]
             if bad:
                 raise ValueError(f"execution.gpus: {bad} are not GPU ids; use indices (0, 1) or UUIDs "
                                  "(GPU-..., MIG-..., as nvidia-smi -L prints them)")

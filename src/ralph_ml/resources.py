@@ -19,18 +19,20 @@ from .errors import ConfigError, ExecutorError
 GpuId = Union[int, str]  # an index (0, 1, ...) or a UUID (GPU-..., MIG-...), as CUDA_VISIBLE_DEVICES takes them
 
 
+def is_gpu_id(text: str) -> bool:
+    """An index (``"0"``) or a UUID (``"GPU-..."``, ``"MIG-..."``), as CUDA_VISIBLE_DEVICES takes them."""
+    return text.isdigit() or text.startswith(("GPU-", "MIG-"))
+
+
 def parse_visible_devices(visible: str) -> list[GpuId]:
     """The GPUs a ``CUDA_VISIBLE_DEVICES`` value makes visible, as CUDA reads it: indices and
     ``GPU-``/``MIG-`` UUIDs, up to the first entry that is neither (``-1`` hides the rest)."""
     out: list[GpuId] = []
     for raw in visible.split(","):
         x = raw.strip()
-        if x.isdigit():
-            out.append(int(x))
-        elif x.startswith(("GPU-", "MIG-")):
-            out.append(x)
-        else:
+        if not is_gpu_id(x):
             break
+        out.append(int(x) if x.isdigit() else x)
     return out
 
 
