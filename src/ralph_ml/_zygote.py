@@ -11,9 +11,17 @@ otherwise), binds SOCKET_PATH, prints ``ready`` (or ``error: ...``) on stdout an
 - the server forks; the child becomes the leader of a new session (as ``start_new_session``),
   takes the three descriptors, the working directory, the environment, ``sys.argv`` and
   ``sys.path`` of a fresh ``python script.py`` and runs the script as ``__main__``;
-- the server answers ``{"pid": N}`` once the child leads its session, and ``{"exit": code}``
-  (``os.waitstatus_to_exitcode``: negative for a signal) when it has ended, after killing
-  what the child left in its process group, as the local executor does for a cold trial.
+- the server answers ``{"pid": N}`` once the child leads its session; the child runs the script
+  only when the loop then says ``go`` (a loop that gave up waiting for the pid hangs up instead,
+  runs the command cold, and the child ends unrun: a command never runs twice);
+- when the child has ended, the server answers ``{"exited": code}`` (``os.waitstatus_to_exitcode``:
+  negative for a signal) and keeps it as an unreaped zombie, so its process group id cannot be
+  reused while the loop gives the rest of the group its kill grace, as for a cold trial;
+- the loop says ``reap`` (or hangs up): the server kills what is left in the group, collects the
+  child and answers ``{"exit": code}``.
+
+A request the server cannot serve (malformed, or no descriptors or processes left to fork) is
+answered ``{"error": why}`` and the loop runs that command cold; the server goes on serving.
 
 It exits when its stdin (a pipe from the loop) closes, so it never outlives the loop. The
 children do: like cold trials, they are in sessions of their own and the loop's resume
@@ -28,6 +36,8 @@ import selectors
 import signal
 import socket
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
 _MAX_REQUEST_BYTES = 4 << 20  # an environment and argv; anything larger is refused
@@ -92,7 +102,7 @@ def _title(text: str) -> None:
     setproctitle.setproctitle(text)
 
 
-def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[str]) -> None:
+def _child(req: dict[str, Any], fds: list[int], ready_w: int, go_r: int, base_path: list[str]) -> None:
     """Become the trial: a fresh ``python [-m module | script] args`` as far as the code can tell."""
     import runpy
     import threading
@@ -125,6 +135,9 @@ def _child(req: dict[str, Any], fds: list[int], ready_w: int, base_path: list[st
     sys.argv = list(argv)
     if "numpy" in sys.modules:  # preloaded: a fresh process would draw a fresh global seed
         sys.modules["numpy"].random.seed()
+    if os.read(go_r, 1) != b"1":  # the loop gave up on this launch (and runs the command cold): end unrun
+        os._exit(255)
+    os.close(go_r)
     code = 0
     try:
         _limit_threads(env)
@@ -212,102 +225,228 @@ def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
 def main(argv: list[str]) -> int:
     sock_path, forbidden, modules = argv[0], os.path.realpath(argv[1]) if argv[1] else "", argv[2:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle
-    error = _preload(modules, forbidden)
+    # torch.cuda.is_available() in a preloaded module then asks NVML, which leaves the forks free
+    # to use CUDA; counting devices through the CUDA runtime would make every fork unable to.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    error = _preload(modules, forbidden) or _fork_safety()
     if error:
         print("error: " + error, flush=True)
         return 1
     base_path = sys.path[1:]  # sys.path[0] is this module's folder under -m: the cwd
     _title(f"ralph-ml warm-start server ({', '.join(modules)})")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
-    server.listen(64)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
-    sel = selectors.DefaultSelector()
-    sel.register(server, selectors.EVENT_READ, "accept")
-    sel.register(wake_r, selectors.EVENT_READ, "child")
-    sel.register(sys.stdin, selectors.EVENT_READ, "parent")
-    children: dict[int, socket.socket] = {}
+    server = _Server(sock_path, base_path)
     print("ready", flush=True)
-    while True:
-        for key, _ in sel.select():
-            if key.data == "parent":
-                if not os.read(sys.stdin.fileno(), 4096):
-                    return 0  # the loop is gone
-            elif key.data == "child":
-                os.read(wake_r, 4096)
-                _reap(children)
-            else:
-                conn, _ = server.accept()
-                _serve(conn, children, base_path, sel, closing=[server.fileno(), wake_r, wake_w])
+    return server.serve_forever()
 
 
-def _serve(
-    conn: socket.socket,
-    children: dict[int, socket.socket],
-    base_path: list[str],
-    sel: selectors.BaseSelector,
-    closing: list[int],
-) -> None:
-    fds: list[int] = []
-    try:
-        conn.settimeout(_REQUEST_TIMEOUT_S)  # a client that connects and says nothing cannot hang the server
-        req, fds = _recv_request(conn)
-        conn.settimeout(None)
-        if len(fds) != 3:
-            raise ConnectionError(f"expected 3 file descriptors, got {len(fds)}")
-    except (OSError, ValueError) as exc:
-        _send(conn, {"error": f"bad request: {exc}"})
-        conn.close()
-        for fd in fds:
-            os.close(fd)
-        return
-    ready_r, ready_w = os.pipe()
+def _fork_safety() -> str:
+    """'' when a fork of this process can still use CUDA (torch marks a fork it cannot: a "bad fork")."""
+    torch = sys.modules.get("torch")
+    bad_fork = getattr(getattr(torch, "cuda", None), "_is_in_bad_fork", None)
+    if bad_fork is None:
+        return ""
     pid = os.fork()
     if pid == 0:
+        os._exit(3 if bad_fork() else 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 3:
+        return ("a preloaded module initialized CUDA (torch.cuda.device_count() or a CUDA call at import), "
+                "and a forked trial could not use the GPU; preload modules that do not touch the GPU")
+    return ""
+
+
+@dataclass
+class _Trial:
+    """A forked trial command, from its fork until the loop is done with its process group."""
+
+    pid: int
+    conn: socket.socket | None  # to the loop's executor; None once it hung up
+    go_w: int | None  # the child waits on this pipe: "go" runs the script, closing it ends the child unrun
+    buf: bytes = b""
+    exited: int | None = None  # the leader's exit code, once it is a zombie (kept: its group id stays taken)
+    release: bool = False  # the loop is done with the group: collect the zombie as soon as it exits
+
+
+class _Server:
+    """The accept loop. Per connection: a request, ``{"pid"}``; the loop says ``go``; the leader
+    exits: ``{"exited"}``, its zombie kept so the loop can give the rest of the group its kill grace
+    (the pgid cannot be reused meanwhile); the loop says ``reap`` (or hangs up): the group is
+    killed, the zombie collected, ``{"exit"}``."""
+
+    def __init__(self, sock_path: str, base_path: list[str]) -> None:
+        self.base_path = base_path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(sock_path)
+        self.listener.listen(64)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "child")
+        self.sel.register(sys.stdin, selectors.EVENT_READ, "parent")
+        self.reserve = _spare_fd()  # given up to answer a connection when descriptors run out
+        self.trials: dict[int, _Trial] = {}
+
+    def serve_forever(self) -> int:
+        while True:
+            for key, _ in self.sel.select():
+                if key.data == "parent":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        return 0  # the loop is gone
+                elif key.data == "child":
+                    os.read(self.wake_r, 4096)
+                    self._collect()
+                elif key.data == "accept":
+                    self._accept()
+                elif (trial := self.trials.get(key.data)) is not None and trial.conn is not None:
+                    self._message(trial)  # (a trial released earlier in this round is gone)
+
+    def _accept(self) -> None:
         try:
-            signal.set_wakeup_fd(-1)
-            sel.close()
-            os.close(ready_r)
-            for fd in closing:
-                os.close(fd)
-            for other in children.values():
-                other.close()
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors (EMFILE, ENFILE): free the spare one to say so
+            if self.reserve < 0:
+                time.sleep(0.05)  # nothing to free: the loop's reply timeout sends the command cold
+                self.reserve = _spare_fd()
+                return
+            os.close(self.reserve)
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            finally:
+                self.reserve = -1
+            _send(conn, {"error": f"the warm-start server cannot accept a trial: {exc}"})
             conn.close()
-            _child(req, fds, ready_w, base_path)
-        finally:
-            os._exit(255)  # _child never returns; this only guards against a bug in it
-    os.close(ready_w)
-    for fd in fds:
-        os.close(fd)
-    os.read(ready_r, 1)  # the child leads its own session now: its pgid is its pid
-    os.close(ready_r)
-    children[pid] = conn
-    _send(conn, {"pid": pid})
-    _reap(children)  # a SIGCHLD that arrived meanwhile
-
-
-def _reap(children: dict[int, socket.socket]) -> None:
-    """Report every ended child: kill the rest of its process group first, then collect it."""
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
+            self.reserve = _spare_fd()
             return
-        if info is None or info.si_pid == 0:
-            return
-        pid = info.si_pid
+        self._start(conn)
+
+    def _start(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        pipes: list[int] = []
         try:
-            os.killpg(pid, signal.SIGKILL)  # the leader is an unreaped zombie: its pgid is still ours
+            conn.settimeout(_REQUEST_TIMEOUT_S)  # a client that connects and says nothing cannot hang the server
+            req, fds = _recv_request(conn)
+            conn.settimeout(None)
+            if len(fds) != 3:
+                raise ConnectionError(f"bad request: expected 3 file descriptors, got {len(fds)}")
+            ready_r, ready_w = os.pipe()
+            pipes += (ready_r, ready_w)
+            go_r, go_w = os.pipe()
+            pipes += (go_r, go_w)
+            pid = os.fork()
+        except (OSError, ValueError) as exc:  # a bad request, or no descriptors or processes left
+            _send(conn, {"error": f"cannot start the trial: {type(exc).__name__}: {exc}"})
+            conn.close()
+            for fd in fds + pipes:
+                os.close(fd)
+            return
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                self.sel.close()
+                for fd in (ready_r, go_w, self.wake_r, self.wake_w, self.reserve):
+                    if fd >= 0:
+                        os.close(fd)
+                self.listener.close()
+                for other in self.trials.values():
+                    if other.conn is not None:
+                        other.conn.close()
+                    if other.go_w is not None:
+                        os.close(other.go_w)
+                conn.close()
+                _child(req, fds, ready_w, go_r, self.base_path)
+            finally:
+                os._exit(255)  # _child never returns; this only guards against a bug in it
+        for fd in (ready_w, go_r, *fds):
+            os.close(fd)
+        self.trials[pid] = _Trial(pid, conn, go_w)
+        os.read(ready_r, 1)  # the child leads its own session now: its pgid is its pid
+        os.close(ready_r)
+        _send(conn, {"pid": pid})
+        self.sel.register(conn, selectors.EVENT_READ, pid)
+        self._collect()  # a SIGCHLD that arrived meanwhile
+
+    def _message(self, trial: _Trial) -> None:
+        assert trial.conn is not None
+        try:
+            data = trial.conn.recv(4096)
+        except OSError:
+            data = b""
+        if not data:  # the loop hung up: a child not yet told to go ends unrun
+            self.sel.unregister(trial.conn)
+            trial.conn.close()
+            trial.conn = None
+            self._go(trial, run=False)
+            trial.release = True
+            if trial.exited is not None:
+                self._release(trial)
+            return
+        trial.buf += data
+        while b"\n" in trial.buf:
+            line, trial.buf = trial.buf.split(b"\n", 1)
+            if line == b"go":
+                self._go(trial, run=True)
+            elif line == b"reap":
+                trial.release = True
+                if trial.exited is not None:
+                    self._release(trial)
+                    return
+
+    def _go(self, trial: _Trial, *, run: bool) -> None:
+        if trial.go_w is None:
+            return
+        try:
+            if run:
+                os.write(trial.go_w, b"1")
+        except OSError:  # the child is already gone
+            pass
+        os.close(trial.go_w)
+        trial.go_w = None
+
+    def _collect(self) -> None:
+        """Note every leader that exited; keep its zombie until the loop releases its group."""
+        for trial in list(self.trials.values()):
+            if trial.exited is not None:
+                continue
+            try:
+                info = os.waitid(os.P_PID, trial.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+            if info is None or info.si_pid == 0:
+                continue
+            trial.exited = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            if trial.release or trial.conn is None:
+                self._release(trial)
+            else:
+                _send(trial.conn, {"exited": trial.exited})
+
+    def _release(self, trial: _Trial) -> None:
+        """Kill what the trial left in its process group, collect the leader, say how it ended."""
+        try:
+            os.killpg(trial.pid, signal.SIGKILL)  # the leader is an unreaped zombie: its pgid is still ours
         except OSError:
             pass
-        _, status = os.waitpid(pid, 0)
-        conn = children.pop(pid, None)
-        if conn is not None:
-            _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-            conn.close()
+        _, status = os.waitpid(trial.pid, 0)
+        del self.trials[trial.pid]
+        self._go(trial, run=False)
+        if trial.conn is not None:
+            _send(trial.conn, {"exit": os.waitstatus_to_exitcode(status)})
+            self.sel.unregister(trial.conn)
+            trial.conn.close()
+            trial.conn = None
+
+
+def _spare_fd() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return -1
 
 
 if __name__ == "__main__":

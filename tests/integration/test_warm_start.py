@@ -242,3 +242,102 @@ def test_trials_that_end_at_once_are_still_warm_and_report_their_exit(warm: Loca
         result = warm.submit(spec).wait(30)
         assert result is not None and result.exit_code == i % 3, result
         assert _trial_json(spec.cycle_dir)["warm"] is True, warm.warm and warm.warm.error
+
+
+SAVER_PY = """\
+import os, subprocess, sys, time
+# A helper in the trial's group that needs a moment after SIGTERM (say, to save a checkpoint).
+subprocess.Popen([sys.executable, "-c", "import os, pathlib, signal, sys, time\\n"
+    "def save(*_):\\n    time.sleep(0.3)\\n    pathlib.Path('saved').write_text('1')\\n    sys.exit(0)\\n"
+    "signal.signal(signal.SIGTERM, save)\\n"
+    "open(os.environ['PIDS'], 'a').write(str(os.getpid()) + chr(10))\\ntime.sleep(60)\\n"])
+open(os.environ["PIDS"], "a").write(str(os.getpid()) + chr(10))
+time.sleep(60)  # the leader itself dies at once on SIGTERM
+"""
+
+
+@pytest.mark.parametrize("preload", [[], ["decimal"]], ids=["cold", "warm"])
+def test_the_kill_grace_reaches_the_rest_of_the_group_after_the_leader_died(tmp_path: Path, preload: list[str]) -> None:
+    ex = LocalExecutor(kill_grace_s=3.0, preload=preload)
+    try:
+        spec = make_spec(tmp_path, f"{PY} train.py", files={"train.py": SAVER_PY})
+        handle = ex.submit(spec)
+        pids = read_pids(tmp_path / "pids", 2, 30)
+        assert _trial_json(spec.cycle_dir)["warm"] is bool(preload)
+        handle.cancel()
+        result = handle.wait(30)
+        assert result is not None and result.status is TrialStatus.CANCELLED, result and result.message
+        assert (Path(spec.code_dir) / "saved").exists()  # not SIGKILLed with its leader
+        wait_for(lambda: not any(alive(p) for p in pids), 10, "the trial's processes gone")
+    finally:
+        ex.close()
+
+
+def _open_fds(pid: int) -> int:
+    return max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) + 1
+
+
+def test_a_server_out_of_descriptors_sends_commands_cold_and_goes_on_serving(warm: LocalExecutor, tmp_path: Path) -> None:
+    import resource
+
+    assert warm.warm is not None and warm.warm._proc is not None
+    server = warm.warm._proc.pid
+    limits = resource.prlimit(server, resource.RLIMIT_NOFILE)
+    train = {"train.py": "import sys\nprint('val_accuracy:', 0.5 + 0.1 * ('decimal' in sys.modules))\n"}
+    # No descriptor for the connection at all (accept fails), then none for the fork's pipes.
+    for i, spare in enumerate((0, 4)):
+        resource.prlimit(server, resource.RLIMIT_NOFILE, (_open_fds(server) + spare, limits[1]))
+        spec = make_spec(tmp_path / str(i), f"{PY} train.py", files=train)
+        result = warm.submit(spec).wait(60)
+        assert result is not None and result.status is TrialStatus.OK and result.metrics["val_accuracy"] == 0.5
+        assert _trial_json(spec.cycle_dir)["warm"] is False and warm.warm._proc.poll() is None
+        resource.prlimit(server, resource.RLIMIT_NOFILE, limits)
+    assert "cannot" in warm.warm.error and "Too many open files" in warm.warm.error
+    spec = make_spec(tmp_path / "after", f"{PY} train.py", files=train)
+    result = warm.submit(spec).wait(60)
+    assert result is not None and result.metrics["val_accuracy"] == 0.6 and _trial_json(spec.cycle_dir)["warm"] is True
+
+
+def test_a_launch_given_up_on_runs_cold_and_never_twice(warm: LocalExecutor, tmp_path: Path) -> None:
+    """A server too slow to answer (here: stopped) forks the trial after the loop ran it cold."""
+    assert warm.warm is not None and warm.warm._proc is not None
+    server = warm.warm._proc.pid
+    warm.warm.reply_timeout_s = 1.0
+    ledger = tmp_path / "ledger"
+    train = {"train.py": f"import sys\nopen({str(ledger)!r}, 'a').write(str('decimal' in sys.modules) + chr(10))\n"
+             "print('val_accuracy: 0.5')\n"}
+    os.kill(server, signal.SIGSTOP)
+    try:
+        spec = make_spec(tmp_path / "a", f"{PY} train.py", files=train)
+        result = warm.submit(spec).wait(60)
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert result is not None and result.status is TrialStatus.OK and _trial_json(spec.cycle_dir)["warm"] is False
+    warm.warm.reply_timeout_s = 30.0
+    nxt = make_spec(tmp_path / "b", f"{PY} train.py", files=train)  # served after the stale request
+    result = warm.submit(nxt).wait(60)
+    assert result is not None and result.status is TrialStatus.OK and _trial_json(nxt.cycle_dir)["warm"] is True
+    assert ledger.read_text().split() == ["False", "True"]  # the given-up launch never ran
+
+
+def test_a_preload_that_asks_for_cuda_still_leaves_the_gpu_to_the_forks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPU machines only: ``torch.cuda.is_available()`` at import (many libraries call it) must
+    not make the forked trials unable to use CUDA."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "asks_cuda.py").write_text("import torch\nAVAILABLE = torch.cuda.is_available()\n")
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    ex = LocalExecutor(kill_grace_s=1.0, preload=["torch", "asks_cuda"])
+    try:
+        assert ex.warm is not None and ex.warm.wait_ready(120), ex.warm.error if ex.warm else ""
+        spec = make_spec(tmp_path / "a", f"{PY} g.py", env={"PYTHONPATH": str(lib)}, files={
+            "g.py": "import sys, torch\nassert 'asks_cuda' in sys.modules\n"
+                    "print('gpu_sum:', float(torch.ones(3, device='cuda').sum()))\n"})
+        result = ex.submit(spec).wait(120)
+        assert result is not None and result.status is TrialStatus.OK, result and (result.message + result.stderr_tail)
+        assert result.metrics["gpu_sum"] == 3.0 and _trial_json(spec.cycle_dir)["warm"] is True
+    finally:
+        ex.close()

@@ -408,6 +408,8 @@ class LocalTrialHandle(TrialHandle):
         except OSError as exc:  # an untracked trial could not be reaped after a crash: do not run it
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if isinstance(proc, WarmProcess):
+                proc.release()
             if pidfd is not None:
                 os.close(pidfd)
             raise ExecutorError(
@@ -433,9 +435,12 @@ class LocalTrialHandle(TrialHandle):
 
     def _reap(self) -> int:
         """Collect the exited leader's status; kill what it left in its group first."""
-        # With a pidfd the leader is still an unreaped zombie here, so its pgid cannot be reused.
+        # The leader is still an unreaped zombie here (held by the pidfd, or by the warm-start server
+        # until release), so its pgid cannot be reused.
         _killpg(self._proc.pid, signal.SIGKILL)
         rc = self._proc.wait()
+        if isinstance(self._proc, WarmProcess):
+            self._proc.release()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

@@ -102,6 +102,7 @@ class WarmProcess:
         self._conn = conn
         self._server_pid = server_pid
         self._buf = buffered  # what was read past the pid reply
+        self._released = False
         self._lock = threading.Lock()
 
     def poll(self) -> int | None:
@@ -150,14 +151,36 @@ class WarmProcess:
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
             msg = json.loads(line)
-            if "exit" in msg:
-                self.returncode = int(msg["exit"])
+            if "exited" in msg:  # the leader is a zombie the server keeps until release()
+                self.returncode = int(msg["exited"])
+            elif "exit" in msg:  # collected: the server is done with it
+                self.returncode = int(msg["exit"]) if self.returncode is None else self.returncode
+                self._released = True
                 self._conn.close()
-                return True
-        return False
+        return self.returncode is not None
+
+    def release(self, timeout_s: float = _REPLY_TIMEOUT_S) -> None:
+        """The executor is done with the exited trial's process group: the server kills what is
+        left in it and collects the leader (until then the group id cannot be reused)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            try:
+                self._conn.settimeout(timeout_s)
+                self._conn.sendall(b"reap\n")
+                while b'"exit"' not in self._buf:  # wait for the server to have collected it
+                    chunk = self._conn.recv(4096)
+                    if not chunk:
+                        break
+                    self._buf += chunk
+            except OSError:  # the server is gone: nothing left to collect there
+                pass
+            self._conn.close()
 
     def _on_lost(self) -> None:
         """The server died first: nobody can tell the exit code; stop what is left of the trial."""
+        self._released = True
         self._conn.close()
         try:
             os.killpg(self.pid, signal.SIGKILL)
@@ -184,8 +207,10 @@ class WarmStarter:
         log_path: Path | None = None,
         python: str = sys.executable,
         ready_timeout_s: float = READY_TIMEOUT_S,
+        reply_timeout_s: float = _REPLY_TIMEOUT_S,
     ) -> None:
         self.modules = tuple(modules)
+        self.reply_timeout_s = reply_timeout_s  # then the launch is given up and the command runs cold
         self.python = python
         self.error = ""
         self._ready = False
@@ -258,7 +283,7 @@ class WarmStarter:
                    "unbuffered": cmd.unbuffered, "no_bytecode": cmd.no_bytecode}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn.settimeout(_REPLY_TIMEOUT_S)
+            conn.settimeout(self.reply_timeout_s)
             conn.connect(self.socket_path)
             with open(os.devnull, "rb") as devnull:
                 socket.send_fds(conn, [json.dumps(request).encode() + b"\n"],
@@ -273,6 +298,7 @@ class WarmStarter:
             msg = json.loads(line)
             if "pid" not in msg:
                 raise ConnectionError(msg.get("error", line.decode(errors="replace")))
+            conn.sendall(b"go\n")  # from here on the command is the server's: never run it cold too
         except (OSError, ValueError) as exc:
             conn.close()
             self._fail(f"a launch failed: {exc}")
