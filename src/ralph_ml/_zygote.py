@@ -211,15 +211,20 @@ def _send(conn: socket.socket, msg: dict[str, Any]) -> None:
 def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     buf = b""
     fds: list[int] = []
-    while not buf.endswith(b"\n"):
-        data, got, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
-        fds += got
-        if not data:
-            raise ConnectionError("connection closed before a whole request")
-        buf += data
-        if len(buf) > _MAX_REQUEST_BYTES:
-            raise ConnectionError("request too large")
-    return json.loads(buf), fds
+    try:
+        while not buf.endswith(b"\n"):
+            data, got, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
+            fds += got
+            if not data:
+                raise ConnectionError("connection closed before a whole request")
+            buf += data
+            if len(buf) > _MAX_REQUEST_BYTES:
+                raise ConnectionError("request too large")
+        return json.loads(buf), fds
+    except BaseException:
+        for fd in fds:  # the cycle's log files: not kept open by a request that failed
+            os.close(fd)
+        raise
 
 
 def main(argv: list[str]) -> int:

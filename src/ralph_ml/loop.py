@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import queue
 import secrets
@@ -53,6 +54,7 @@ from .workspace import GitVersions
 
 EventSink = Callable[[str, dict[str, Any]], None]  # on_event(kind, event)
 
+log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often the loop looks at the control file while a trial runs
 
 
@@ -80,6 +82,10 @@ class Flight:
     pruner_saw: bool = False
     parent: int | None = None  # the version this cycle's code derives from
     settled: bool = False  # its end was handled (_settle); it may wait in ``flights`` to be recorded
+    repeats: list[float] | None = None  # its noise repeats' metrics, once they ran
+    repeating: bool = False  # its noise repeats run (in a thread of their own, on its resources)
+    waiting: bool = False  # its repeats wait for another cycle's to be recorded (both judge against the best)
+    cancel: threading.Event = field(default_factory=threading.Event)  # stops its repeats
 
 
 class Loop:
@@ -102,6 +108,7 @@ class Loop:
             **cfg.executor_options(),  # [execution.ray] / [execution.slurm] for those modes
         )
         self.history: list[CycleRecord] = []
+        self._repeaters: dict[int, tuple[threading.Thread, threading.Event]] = {}  # noise repeats running
         self.run_id = ""
         self.frozen_hashes: dict[str, str] = {}
         self.base_elapsed = 0.0
@@ -355,17 +362,29 @@ class Loop:
                         return self._finish(no_more)
                     continue  # paused between cycles: _fill waited a poll interval
                 for f in self._wait_any(flights):
+                    if not self._recordable(f, flights):
+                        continue
                     del flights[f.cycle]
                     d = self._collect(f)
+                    self._wake_waiting(flights)
                     if d.stop:
                         self._drain(flights)
                         return self._finish(d)
         finally:
+            self._stop_repeaters()
             if self.journal:
                 self.journal.close()
             self.bus.close()
             self.executor.close()
             self._unlock()
+
+    def _stop_repeaters(self) -> None:
+        """The run is over (or crashed): cancel the noise repeats still running, before the
+        executor closes under them (their cycles stay unrecorded: a resume re-runs them)."""
+        for _, cancel in list(self._repeaters.values()):
+            cancel.set()
+        for thread, _ in list(self._repeaters.values()):
+            thread.join(30)
 
     def step(self) -> Decision:
         """Run exactly one cycle to its end (or refuse to start one a budget cannot pay for).
@@ -378,8 +397,8 @@ class Loop:
             return no_more or Decision(action="continue", message="paused")
         while flights:
             for f in self._wait_any(flights):
-                del flights[f.cycle]
-                return self._collect(f)
+                if self._recordable(f, flights):
+                    return self._collect(f)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _fill(self, flights: dict[int, Flight], limit: int | None = None) -> Decision | None:
@@ -571,7 +590,7 @@ class Loop:
 
     def _wait_any(self, flights: dict[int, Flight]) -> list[Flight]:
         """Wait up to a poll interval for trials to end; apply manual control and pruning meanwhile."""
-        ready = [f for f in flights.values() if f.result is not None and f.handle is None]
+        ready = [f for f in flights.values() if f.result is not None and f.handle is None and not (f.repeating or f.waiting)]
         if not ready:
             cycles: list[int] = []
             try:
@@ -580,7 +599,7 @@ class Loop:
                     cycles.append(self._done.get_nowait())
             except queue.Empty:
                 pass
-            ready = [flights[c] for c in cycles if c in flights]
+            ready = [flights[c] for c in dict.fromkeys(cycles) if c in flights]  # one cycle may be queued twice
         running = [f for f in flights.values() if f.handle is not None and f not in ready]
         action = self.control.action()
         if action == "stop" and running:
@@ -672,6 +691,51 @@ class Loop:
         assert f.result is not None
         return f.result.status is TrialStatus.OK and f.reader is not None and not f.reader.new_rows()
 
+    def _recordable(self, f: Flight, flights: dict[int, Flight]) -> bool:
+        """True when the ended cycle ``f`` can be recorded now. A cycle that needs noise repeats
+        (``noise``) gets them first, in a thread of their own on its resources, while the other
+        cycles in flight go on and new ones start: it comes back from ``_wait_any`` when they
+        are done. Two cycles' repeats never run at once (each judges against the best, which
+        the other may change): the second waits until the first is recorded."""
+        if f.repeating or f.repeats is not None or not self._noise.enabled or f.result is None:
+            return not f.repeating
+        _, metric, kept, _ = recording.first_judgement(self.cfg, f.result, self.totals, self._noise)
+        n = self._noise.wanted(kept, self.totals) if metric is not None else 0
+        if n == 0:
+            return True
+        if any(o.repeating or o.repeats is not None for o in flights.values() if o is not f):
+            f.waiting = True  # _wake_waiting brings it back
+            return False
+        f.waiting, f.repeating = False, True
+        self.cycle = f.cycle
+        self._phase("confirm")
+        if f.alloc is None:  # collected on resume: its repeats take resources of the pool too
+            f.alloc = self.pool.allocate(f.cycle)
+        resources = f.alloc.env(self.pool.has_gpus)  # the repeats run on its GPUs (_collect frees them)
+        thread = threading.Thread(target=self._repeater, args=(f, n, resources, self._time_left_s()),
+                                  name=f"ralph-repeats-{f.cycle}", daemon=True)
+        self._repeaters[f.cycle] = (thread, f.cancel)
+        thread.start()
+        return False
+
+    def _repeater(self, f: Flight, n: int, resources: dict[str, str] | None, time_left_s: float | None) -> None:
+        try:
+            f.repeats = self._noise.repeats(run_id=self.run_id, cycle=f.cycle, cdir=f.cdir, n=n, resources=resources,
+                                            time_left_s=time_left_s, cancel=f.cancel)
+        except BaseException as exc:  # an executor bug must not hang the loop: judged on no repeat
+            log.warning("cycle %d: its noise repeats failed: %s: %s", f.cycle, type(exc).__name__, exc)
+            f.repeats = []
+        f.repeating = False
+        self._repeaters.pop(f.cycle, None)
+        self._done.put(f.cycle)
+
+    def _wake_waiting(self, flights: dict[int, Flight]) -> None:
+        """A cycle was recorded: the ones whose repeats waited for it are looked at again."""
+        for o in flights.values():
+            if o.waiting:
+                o.waiting = False
+                self._done.put(o.cycle)
+
     def _collect(self, f: Flight) -> Decision:
         assert f.result is not None
         self.cycle = f.cycle
@@ -690,11 +754,16 @@ class Loop:
                 f.handle.cancel()
         while flights:
             for f in self._wait_any(flights):
+                if not self._recordable(f, flights):
+                    continue
                 del flights[f.cycle]
-                self._record(f, final=True)
-                self.pool.release(f.cycle)
+                try:
+                    self._record(f, final=True)
+                finally:
+                    self.pool.release(f.cycle)
                 if self.git is not None:
                     self.git.release(f.cdir / "code")
+                self._wake_waiting(flights)
 
     def _set_paused(self, paused: bool, flights: dict[int, Flight]) -> None:
         self._paused = paused
@@ -724,7 +793,7 @@ class Loop:
             code_hashes=f.code_hashes, commit=f.commit, parent=f.parent, history=self.history, totals=self.totals,
             analyst=self.analyst, noise=self._noise,
             resources=f.alloc.env(self.pool.has_gpus) if f.alloc is not None else None,  # repeats run on its GPUs
-            time_left_s=self._time_left_s(),
+            time_left_s=self._time_left_s(), repeats=f.repeats,
         )
         self._phase("decide")
         d = self._decide(record)

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from . import decision as dec
 from .config import Config
 from .control import ControlReader
 from .cyclefiles import classify, trial_env
 from .events import EventBus
-from .executors import Executor
+from .executors import Executor, TrialHandle
 from .hashing import hash_files
 from .records import CycleRecord, Proposal, TrialResult, TrialSpec
 
@@ -55,6 +56,14 @@ class NoiseCheck:
     def enabled(self) -> bool:
         return bool(self.cfg.noise.baseline_repeats or self.cfg.noise.confirm_repeats)
 
+    def wanted(self, kept: bool, totals: dec.Totals) -> int:
+        """How many repeats a cycle needs: the first successful one measures the noise, a
+        candidate best (``kept`` on its first run) is confirmed, the others need none."""
+        nc = self.cfg.noise
+        if not self.enabled:
+            return 0
+        return nc.baseline_repeats if totals.best_seen is None else (nc.confirm_repeats if kept else 0)
+
     def check(
         self,
         *,
@@ -68,6 +77,7 @@ class NoiseCheck:
         totals: dec.Totals,
         resources: Mapping[str, str] | None = None,
         time_left_s: float | None = None,
+        values: Sequence[float] | None = None,
     ) -> tuple[TrialResult, float, bool, str]:
         """Repeat the baseline (to measure noise) or a candidate best (to confirm it) with other seeds.
 
@@ -75,22 +85,25 @@ class NoiseCheck:
         (``CUDA_VISIBLE_DEVICES``, thread counts): the repeats run on the GPUs the cycle holds.
         ``time_left_s``: what is left of ``safeguards.total_time_limit_minutes``; the repeats
         are cut off there, as a trial is (a repeat cut off counts as a failed one).
+        ``values``: the repeats' metrics when they already ran (``repeats``, beside other
+        cycles); they are judged as they are, against the best recorded now.
         Returns the cycle's ``(result, metric, kept, verdict)``: unchanged when nothing was
         repeated, else with ``result.repeats`` set and the metric the mean over seeds.
         """
-        nc = self.cfg.noise
         first_ok = totals.best_seen is None
-        n = nc.baseline_repeats if first_ok else (nc.confirm_repeats if kept else 0)
-        if n == 0:
-            return result, metric, kept, verdict
-        self.on_phase("confirm")
-        values = self.repeats(run_id=run_id, cycle=cycle, cdir=cdir, n=n, resources=resources, time_left_s=time_left_s)
+        if values is None:
+            n = self.wanted(kept, totals)
+            if n == 0:
+                return result, metric, kept, verdict
+            self.on_phase("confirm")
+            values = self.repeats(run_id=run_id, cycle=cycle, cdir=cdir, n=n, resources=resources, time_left_s=time_left_s)
         if not values:
             if kept and not first_ok:  # its first repeat failed or was stopped: the gain is not confirmed
                 self.bus.emit("noise", {"cycle": cycle, "first": metric, "repeats": [], "mean": metric,
                                         "noise_std": totals.noise, "verdict": "unconfirmed"}, cycle=cycle)
                 return result, metric, False, "unconfirmed"
             return result, metric, kept, verdict
+        values = list(values)
         result = replace(result, repeats=(metric, *values))
         mean = sum(result.repeats) / len(result.repeats)
         trial_rec = CycleRecord(cycle=cycle, proposal=Proposal(), result=result, metric=mean, kept=False, verdict="")
@@ -107,9 +120,12 @@ class NoiseCheck:
 
     def repeats(
         self, *, run_id: str, cycle: int, cdir: Path, n: int, resources: Mapping[str, str] | None = None,
-        time_left_s: float | None = None,
+        time_left_s: float | None = None, cancel: threading.Event | None = None,
     ) -> list[float]:
-        """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics."""
+        """Run the cycle's code ``n`` more times with seeds seed+1..seed+n; their target metrics.
+
+        A ``stop`` in the control file, or ``cancel`` set, cancels the repeat in flight (and so
+        ends the repeats: judged on those that finished). Safe to call from a thread of its own."""
         cfg = self.cfg
         deadline = None if time_left_s is None else time.monotonic() + time_left_s
         params = json.loads((cdir / "params.json").read_text())
@@ -122,6 +138,17 @@ class NoiseCheck:
                 timeout_s = min(timeout_s, deadline - time.monotonic())
             seed = cfg.project.seed + k
             rdir = cdir / "repeats" / f"seed_{seed}"
+            if not self._may_go_on(cancel):
+                break  # stopped (or paused until stopped) before this repeat started
+            found = self.executor.recover(rdir) if rdir.exists() else None  # a loop that crashed during it
+            if isinstance(found, TrialResult):  # it had finished: collected, not run again
+                found, value = classify(found, cfg.target.name)
+                if value is None:
+                    break
+                out.append(value)
+                continue
+            if isinstance(found, TrialHandle):  # still running on a cluster: stopped, run again
+                found.cancel()
             if rdir.exists():
                 shutil.rmtree(rdir)  # an attempt interrupted by a crash: run it again
             (rdir / "logs").mkdir(parents=True)
@@ -136,12 +163,27 @@ class NoiseCheck:
             )
             handle = self.executor.submit(spec)
             res = handle.wait(self.poll_s)
+            paused = False
             while res is None:
-                if self.control.action() == "stop":
+                action = self.control.action()
+                if action == "stop" or (cancel is not None and cancel.is_set()):
                     handle.cancel()
+                elif (action == "pause") != paused:  # `ralph-ml pause` suspends it as it does a trial
+                    paused = not paused
+                    (handle.suspend if paused else handle.resume)()
                 res = handle.wait(self.poll_s)
             res, value = classify(res, cfg.target.name)
             if value is None:
                 break  # a failed repeat: judge on what we have
             out.append(value)
         return out
+
+    def _may_go_on(self, cancel: threading.Event | None) -> bool:
+        """False once the run is stopped; waits while it is paused."""
+        while True:
+            action = self.control.action()
+            if action == "stop" or (cancel is not None and cancel.is_set()):
+                return False
+            if action != "pause":
+                return True
+            time.sleep(self.poll_s)

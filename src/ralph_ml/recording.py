@@ -46,23 +46,19 @@ def assess(
     noise: NoiseCheck,
     resources: Mapping[str, str] | None = None,
     time_left_s: float | None = None,
+    repeats: Sequence[float] | None = None,
 ) -> CycleRecord:
     """The record of one finished cycle, not yet decided on.
 
     Writes ``metrics.json``, ``analysis.md`` and ``recommendations.json`` in ``cdir``;
-    ``history`` and ``totals`` are the cycles recorded before this one.
+    ``history`` and ``totals`` are the cycles recorded before this one. ``repeats``: the
+    metrics of its noise repeats when they already ran (else they run here, if it needs them).
     """
-    result, metric = classify(result, cfg.target.name)
-    # With confirmation repeats, a single run that beats the best at all is a candidate, and the
-    # mean over its seeds decides against the noise (as SMAC's intensification races a
-    # challenger): judged on the noise alone, one run would need z x noise x sqrt(1 + 1/n_best),
-    # more than a real gain of z x noise clears, and would never be re-run to show it.
-    confirming = noise.enabled and cfg.noise.confirm_repeats > 0 and totals.best_seen is not None
-    kept, verdict = dec.judge(metric, result.status, totals.best, cfg, noise=None if confirming else totals.noise)
+    result, metric, kept, verdict = first_judgement(cfg, result, totals, noise)
     if metric is not None and noise.enabled:
         result, metric, kept, verdict = noise.check(
             run_id=run_id, cycle=cycle, cdir=cdir, result=result, metric=metric, kept=kept, verdict=verdict, totals=totals,
-            resources=resources, time_left_s=time_left_s,
+            resources=resources, time_left_s=time_left_s, values=repeats,
         )
     write_metrics(cdir, cycle, run_id, cfg.target, result)
     progress = read_progress(cdir / "progress.jsonl")
@@ -87,6 +83,20 @@ def assess(
         frozen_hashes=code_hashes,
         parent=parent,
     )
+
+
+def first_judgement(
+    cfg: Config, result: TrialResult, totals: dec.Totals, noise: NoiseCheck,
+) -> tuple[TrialResult, float | None, bool, str]:
+    """A finished trial judged on its own run, before any noise repeat: ``(result, metric, kept, verdict)``."""
+    result, metric = classify(result, cfg.target.name)
+    # With confirmation repeats, a single run that beats the best at all is a candidate, and the
+    # mean over its seeds decides against the noise (as SMAC's intensification races a
+    # challenger): judged on the noise alone, one run would need z x noise x sqrt(1 + 1/n_best),
+    # more than a real gain of z x noise clears, and would never be re-run to show it.
+    confirming = noise.enabled and cfg.noise.confirm_repeats > 0 and totals.best_seen is not None
+    kept, verdict = dec.judge(metric, result.status, totals.best, cfg, noise=None if confirming else totals.noise)
+    return result, metric, kept, verdict
 
 
 def write_decision(cdir: Path, record: CycleRecord, d: Decision) -> None:

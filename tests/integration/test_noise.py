@@ -82,3 +82,147 @@ def test_repeats_run_on_the_cycles_gpus_and_a_gain_whose_repeat_fails_is_unconfi
     assert candidate["metric"] == 0.8 and not candidate["kept"] and candidate["verdict"] == "unconfirmed"
     st = json.loads(ralph(root, "status", "--json", check=True).stdout)
     assert st["best"]["cycle"] == 1
+
+
+def test_a_candidates_repeats_run_beside_the_next_cycles(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With two trials at once, confirming cycle 2 holds its own slot only: cycle 3 is recorded
+    and cycle 4 starts while its repeat runs (the repeat ends once it has seen cycle 4 start)."""
+    marks = tmp_path / "marks"
+    trial = f"""
+import os, pathlib, time
+marks = pathlib.Path({str(marks)!r})
+marks.mkdir(exist_ok=True)
+cycle, seed = int(os.environ["RALPH_CYCLE"]), int(os.environ["RALPH_SEED"])
+(marks / f"started_{{cycle}}_{{seed}}").touch()
+
+
+def wait(name):
+    end = time.monotonic() + 15
+    while not (marks / name).exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    return (marks / name).exists()
+
+
+if cycle == 2 and seed == 0:
+    wait("started_3_0")  # cycle 1 was recorded (its slot went to cycle 3): cycle 2 is a candidate best
+elif cycle == 3:
+    wait("started_2_1")  # cycle 3 ends while cycle 2's repeat runs
+elif cycle == 2:  # its confirmation repeat: cycle 4 can only start once cycle 3 is recorded
+    (marks / ("beside" if wait("started_4_0") else "alone")).touch()
+print("val_accuracy:", {{1: 0.5, 2: 0.9}}.get(cycle, 0.4))
+"""
+    root = exp(trial, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}},
+               safeguards={"max_cycles": 4, "no_improvement_stop_cycles": 10},
+               execution={"max_concurrency": 2}, extra={"noise": {"baseline_repeats": 0, "confirm_repeats": 1}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (marks / "beside").exists() and not (marks / "alone").exists()
+    recs = {r["cycle"]: r for r in recorded(root)}
+    order = [r["cycle"] for r in recorded(root)]
+    assert sorted(order) == [1, 2, 3, 4] and order.index(3) < order.index(2)  # recorded while 2 was confirmed
+    assert recs[2]["kept"] and recs[2]["result"]["repeats"] == [0.9, 0.9] and recs[2]["verdict"] == "kept"
+    assert not recs[3]["kept"] and recs[3]["result"].get("repeats") in (None, [])  # a worse one is not re-run
+    st = json.loads(ralph(root, "status", "--json", check=True).stdout)
+    assert st["best"]["cycle"] == 2
+
+
+def test_a_second_candidate_waits_for_the_first_to_be_confirmed_and_is_judged_against_it(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Cycle 3 (0.8) ends while cycle 2 (0.9) is being confirmed: both beat the recorded best
+    (0.5), but cycle 3 waits, and against the confirmed 0.9 it is no candidate: never re-run."""
+    marks = tmp_path / "marks"
+    trial = f"""
+import os, pathlib, time
+marks = pathlib.Path({str(marks)!r})
+marks.mkdir(exist_ok=True)
+cycle, seed = int(os.environ["RALPH_CYCLE"]), int(os.environ["RALPH_SEED"])
+(marks / f"started_{{cycle}}_{{seed}}").touch()
+
+
+def wait(name):
+    end = time.monotonic() + 15
+    while not (marks / name).exists() and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+if cycle == 2 and seed == 0:
+    wait("started_3_0")
+elif cycle == 3 and seed == 0:
+    wait("started_2_1")
+    (marks / "ended_3").touch()
+elif cycle == 2:
+    wait("ended_3")
+    time.sleep(0.6)  # the loop has seen cycle 3 end meanwhile
+print("val_accuracy:", {{1: 0.5, 2: 0.9, 3: 0.8}}.get(cycle, 0.4))
+"""
+    root = exp(trial, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}},
+               safeguards={"max_cycles": 4, "no_improvement_stop_cycles": 10},
+               execution={"max_concurrency": 2}, extra={"noise": {"baseline_repeats": 0, "confirm_repeats": 1}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    order = [r["cycle"] for r in recorded(root)]
+    recs = {r["cycle"]: r for r in recorded(root)}
+    assert order.index(2) < order.index(3)
+    assert recs[2]["kept"] and recs[2]["result"]["repeats"] == [0.9, 0.9]
+    assert not recs[3]["kept"] and not recs[3]["result"].get("repeats") and not (marks / "started_3_1").exists()
+
+
+def test_a_loop_killed_during_a_repeat_stops_it_on_resume_and_runs_it_again(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    from conftest import ralph_bg
+    from executors.support import alive, read_pids, wait_for
+
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    trial = f"""
+import os, time
+if os.environ["RALPH_SEED"] != "0" and not os.path.exists({str(gate)!r}):
+    open({str(pids)!r}, "a").write(str(os.getpid()) + chr(10))
+    time.sleep(600)  # the baseline's repeat hangs until the gate opens
+print("val_accuracy: 0.5")
+"""
+    root = exp(trial, target=1.5, safeguards={"max_cycles": 1}, extra={"noise": {"baseline_repeats": 1}})
+    loop = ralph_bg(root, "start")
+    (orphan,) = read_pids(pids, 1, 60)
+    loop.send_signal(signal.SIGKILL)
+    loop.wait()
+    assert alive(orphan)  # the repeat, in a session of its own, outlived the loop
+    gate.touch()
+    res = ralph(root, "resume")
+    assert res.returncode == 2, res.stdout + res.stderr
+    wait_for(lambda: not alive(orphan), 10, "the orphaned repeat stopped")
+    (rec,) = recorded(root)
+    assert rec["result"]["repeats"] == [0.5, 0.5]
+    assert os.path.exists(root / "runs" / "cycle_0001" / "repeats" / "seed_1" / "result.json")
+
+
+def test_pause_suspends_a_running_repeat(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    from conftest import ralph_bg
+    from executors.support import proc_state, read_pids, wait_for
+
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    trial = f"""
+import os, time
+if os.environ["RALPH_SEED"] != "0":
+    open({str(pids)!r}, "a").write(str(os.getpid()) + chr(10))
+    while not os.path.exists({str(gate)!r}):
+        time.sleep(0.05)
+print("val_accuracy: 0.5")
+"""
+    root = exp(trial, target=1.5, safeguards={"max_cycles": 1}, extra={"noise": {"baseline_repeats": 1}})
+    loop = ralph_bg(root, "start")
+    try:
+        (repeat,) = read_pids(pids, 1, 60)
+        ralph(root, "pause", check=True)
+        wait_for(lambda: proc_state(repeat) == "T", 10, "the repeat suspended")
+        ralph(root, "unpause", check=True)
+        wait_for(lambda: proc_state(repeat) != "T", 10, "the repeat running again")
+        gate.touch()
+        assert loop.wait(60) == 2
+    finally:
+        if loop.poll() is None:
+            loop.send_signal(signal.SIGKILL)
+    (rec,) = recorded(root)
+    assert rec["result"]["repeats"] == [0.5, 0.5]

@@ -191,6 +191,15 @@ class WarmProcess:
         self.returncode = -signal.SIGKILL
 
 
+def _refusal(conn: socket.socket) -> str:
+    """The server's ``{"error": ...}`` reply on a connection it already closed, if it sent one."""
+    try:
+        line = conn.recv(4096).split(b"\n", 1)[0]
+        return str(json.loads(line).get("error", "")) if line else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 class WarmStarter:
     """One warm-start server for a run; ``launch`` forks a trial command from it.
 
@@ -286,8 +295,11 @@ class WarmStarter:
             conn.settimeout(self.reply_timeout_s)
             conn.connect(self.socket_path)
             with open(os.devnull, "rb") as devnull:
-                socket.send_fds(conn, [json.dumps(request).encode() + b"\n"],
-                                [devnull.fileno(), stdout.fileno(), stderr.fileno()])
+                try:
+                    socket.send_fds(conn, [json.dumps(request).encode() + b"\n"],
+                                    [devnull.fileno(), stdout.fileno(), stderr.fileno()])
+                except OSError as exc:  # the server refused it at once: its reply says why
+                    raise ConnectionError(_refusal(conn) or str(exc)) from exc
             reply = b""
             while b"\n" not in reply:
                 chunk = conn.recv(4096)
