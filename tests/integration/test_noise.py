@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import ralph, recorded
 
@@ -84,11 +85,10 @@ def test_repeats_run_on_the_cycles_gpus_and_a_gain_whose_repeat_fails_is_unconfi
     assert st["best"]["cycle"] == 1
 
 
-def test_a_candidates_repeats_run_beside_the_next_cycles(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """With two trials at once, confirming cycle 2 holds its own slot only: cycle 3 is recorded
-    and cycle 4 starts while its repeat runs (the repeat ends once it has seen cycle 4 start)."""
-    marks = tmp_path / "marks"
-    trial = f"""
+def _marking(marks: Path) -> str:
+    """A trial's head: it marks ``started_<cycle>_<seed>`` in ``marks``; ``wait(name)`` waits
+    (up to 15 s) for another one's mark and says whether it came."""
+    return f"""
 import os, pathlib, time
 marks = pathlib.Path({str(marks)!r})
 marks.mkdir(exist_ok=True)
@@ -101,6 +101,14 @@ def wait(name):
     while not (marks / name).exists() and time.monotonic() < end:
         time.sleep(0.05)
     return (marks / name).exists()
+"""
+
+
+def test_a_candidates_repeats_run_beside_the_next_cycles(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With two trials at once, confirming cycle 2 holds its own slot only: cycle 3 is recorded
+    and cycle 4 starts while its repeat runs (the repeat ends once it has seen cycle 4 start)."""
+    marks = tmp_path / "marks"
+    trial = _marking(marks) + """
 
 
 if cycle == 2 and seed == 0:
@@ -109,7 +117,7 @@ elif cycle == 3:
     wait("started_2_1")  # cycle 3 ends while cycle 2's repeat runs
 elif cycle == 2:  # its confirmation repeat: cycle 4 can only start once cycle 3 is recorded
     (marks / ("beside" if wait("started_4_0") else "alone")).touch()
-print("val_accuracy:", {{1: 0.5, 2: 0.9}}.get(cycle, 0.4))
+print("val_accuracy:", {1: 0.5, 2: 0.9}.get(cycle, 0.4))
 """
     root = exp(trial, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}},
                safeguards={"max_cycles": 4, "no_improvement_stop_cycles": 10},
@@ -130,18 +138,7 @@ def test_a_second_candidate_waits_for_the_first_to_be_confirmed_and_is_judged_ag
     """Cycle 3 (0.8) ends while cycle 2 (0.9) is being confirmed: both beat the recorded best
     (0.5), but cycle 3 waits, and against the confirmed 0.9 it is no candidate: never re-run."""
     marks = tmp_path / "marks"
-    trial = f"""
-import os, pathlib, time
-marks = pathlib.Path({str(marks)!r})
-marks.mkdir(exist_ok=True)
-cycle, seed = int(os.environ["RALPH_CYCLE"]), int(os.environ["RALPH_SEED"])
-(marks / f"started_{{cycle}}_{{seed}}").touch()
-
-
-def wait(name):
-    end = time.monotonic() + 15
-    while not (marks / name).exists() and time.monotonic() < end:
-        time.sleep(0.05)
+    trial = _marking(marks) + """
 
 
 if cycle == 2 and seed == 0:
@@ -152,7 +149,7 @@ elif cycle == 3 and seed == 0:
 elif cycle == 2:
     wait("ended_3")
     time.sleep(0.6)  # the loop has seen cycle 3 end meanwhile
-print("val_accuracy:", {{1: 0.5, 2: 0.9, 3: 0.8}}.get(cycle, 0.4))
+print("val_accuracy:", {1: 0.5, 2: 0.9, 3: 0.8}.get(cycle, 0.4))
 """
     root = exp(trial, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.5}},
                safeguards={"max_cycles": 4, "no_improvement_stop_cycles": 10},
