@@ -48,7 +48,7 @@ from .records import (
     TrialSpec,
     TrialStatus,
 )
-from .resources import Allocation, ResourcePool, detect_gpus
+from .resources import Allocation, ResourcePool, default_cpus_per_trial, detect_gpus
 from .sinks import build_sinks
 from .workspace import GitVersions
 
@@ -131,8 +131,11 @@ class Loop:
         ex = cfg.execution
         # GPUs "auto" means this machine's; with ray/slurm the cluster assigns the trial's GPUs.
         local_gpus = detect_gpus() if ex.mode == "local" else []
+        cpus = ex.cpus_per_trial
+        if cpus is None and ex.mode == "local":  # on a cluster, the trial's node has cores of its own
+            cpus = default_cpus_per_trial(ex.max_concurrency)
         self.pool = ResourcePool.for_concurrency(
-            local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, ex.cpus_per_trial, ex.max_concurrency
+            local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, cpus, ex.max_concurrency
         )
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
         self._noise = NoiseCheck(cfg, self.executor, self.control, self.bus, self._phase, poll_s=POLL_S)

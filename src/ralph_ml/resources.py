@@ -7,6 +7,7 @@ sees only them through ``CUDA_VISIBLE_DEVICES``. CPU threads are passed as the u
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from typing import Union
 
 from .errors import ConfigError, ExecutorError
 
+
+log = logging.getLogger(__name__)
 
 GpuId = Union[int, str]  # an index (0, 1, ...) or a UUID (GPU-..., MIG-...), as CUDA_VISIBLE_DEVICES takes them
 
@@ -42,12 +45,34 @@ def detect_gpus() -> list[GpuId]:
     if visible is not None:
         return parse_visible_devices(visible)
     if shutil.which("nvidia-smi") is None:
+        if os.path.exists("/dev/nvidia0"):
+            log.warning("execution.gpus = \"auto\": this machine has NVIDIA devices (/dev/nvidia0) but no nvidia-smi "
+                        "to list them, so trials get no GPU from the pool; list them in execution.gpus")
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [i for i, _ in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+        proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    else:
+        if proc.returncode == 0:
+            return [i for i, _ in enumerate(ln for ln in proc.stdout.splitlines() if ln.startswith("GPU "))]
+        why = f"exit code {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}"
+    log.warning("execution.gpus = \"auto\": `nvidia-smi -L` failed (%s), so the pool has no GPU and trials are not "
+                "pinned to one (CUDA_VISIBLE_DEVICES unset); fix the driver or list the GPUs in execution.gpus", why)
+    return []
+
+
+def default_cpus_per_trial(concurrency: int) -> int | None:
+    """Threads per trial when ``execution.cpus_per_trial`` is unset: none set for one trial at a
+    time (the libraries take every core), this machine's cores split evenly for K > 1 (K trials
+    with a thread per core each would oversubscribe the cores K times)."""
+    if concurrency <= 1:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // concurrency)
 
 
 @dataclass(frozen=True)

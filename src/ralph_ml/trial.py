@@ -179,7 +179,36 @@ def _int_env(name: str) -> int | None:
 # --------------------------------------------------------------------------- progress
 
 
-def report(step: int, **metrics: float) -> bool:
+def rank() -> int:
+    """This process's rank in a distributed trial, 0 when it runs alone: ``torch.distributed``'s
+    when it is initialized, else the launcher's (``RANK`` of torchrun, ``OMPI_COMM_WORLD_RANK``,
+    ``PMI_RANK``, ``SLURM_PROCID`` of srun)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
+def any_process(flag: bool) -> bool:
+    """``flag`` or-ed over every process of the ``torch.distributed`` group, so that all of
+    them stop at the same step (one that stops alone leaves the others waiting at their next
+    gradient sync). A collective: every process must call it at the same point. Without an
+    initialized process group (one process, or another framework) it returns ``flag``."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    torch = sys.modules["torch"]  # loaded: torch.distributed is (this module imports nothing beyond the stdlib)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def report(step: int, /, **metrics: float) -> bool:
     """Append ``{"step", "time", **metrics}`` to progress.jsonl; True when asked to stop.
 
     Call it once per epoch (or every N steps) and stop training when it returns True: the
@@ -188,21 +217,28 @@ def report(step: int, **metrics: float) -> bool:
     when ``metrics`` holds the target metric at a value that meets the target
     (``$RALPH_STOP_AT_TARGET``, ``pruning.stop_at_target``). Outside the loop nothing is
     written and it returns False.
+
+    In a distributed trial only process 0 (``rank()``) writes and checks the target; the
+    others only read the stop request. To stop them all at the same step, pass the answer
+    through ``any_process`` on every process (``adapters.loops.trial_steps`` does).
+    Metrics named ``step`` or ``time`` give way to the row's own.
     """
     path = os.environ.get("RALPH_PROGRESS_PATH")
-    if path:
-        record: dict[str, Any] = {"step": int(step), "time": time.time()}
-        record.update(_clean(metrics))
+    if path and rank() == 0:
+        record: dict[str, Any] = {**_clean(metrics), "step": int(step), "time": time.time()}
         line = json.dumps(record, allow_nan=False) + "\n"
         # Open, append, close every time: the loop tails this file while the trial runs,
         # and a trial killed mid-way leaves every finished line readable.
         try:
-            fh = open(path, "a", encoding="utf-8")
+            fh = open(path, "a+b")
         except FileNotFoundError:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a", encoding="utf-8")
+            fh = open(path, "a+b")
         with fh:
-            fh.write(line)
+            end = fh.seek(0, os.SEEK_END)
+            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+                line = "\n" + line  # a line cut off by a killed attempt (then resumed): it stays on its own
+            fh.write(line.encode("utf-8"))
             fh.flush()
         if _stopped_at is None:
             _check_target(int(step), metrics)
@@ -291,8 +327,10 @@ def log_metrics(**metrics: float) -> None:
     Earlier results and other top-level keys (``"runtime"``, ...) are kept, so training and
     a separate evaluation script can each add theirs. NaN and infinities are written as the
     strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file stays valid JSON. Outside the loop
-    the file is ``./metrics.json``.
+    the file is ``./metrics.json``. In a distributed trial only process 0 writes it.
     """
+    if rank() != 0:
+        return
     path = Path(os.environ.get("RALPH_METRICS_PATH") or _STANDALONE_METRICS)
     doc: dict[str, Any] = {}
     if path.exists():
@@ -310,23 +348,27 @@ def log_metrics(**metrics: float) -> None:
     _write_atomic(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
+def _as_numbers(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """Metric values as plain Python numbers (ints and bools as ints): no tensor, nor its graph, kept."""
+    out: dict[str, int | float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, int):  # bool too
+            out[name] = int(value)
+            continue
+        try:
+            out[name] = float(value)  # numpy scalars and 0-d tensors have __float__
+        except (TypeError, ValueError):
+            raise TrialError(f"metric {name!r} = {value!r} is not a number; pass a float (e.g. loss.item()).") from None
+    return out
+
+
 def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Metric values as JSON-safe numbers: ints stay ints, NaN/inf become strings."""
     out: dict[str, Any] = {}
-    for name, value in metrics.items():
-        if isinstance(value, bool):
-            out[name] = int(value)
-            continue
-        if isinstance(value, int):
-            out[name] = value
-            continue
-        try:
-            number = float(value)  # numpy scalars and 0-d tensors have __float__
-        except (TypeError, ValueError):
-            raise TrialError(f"metric {name!r} = {value!r} is not a number; pass a float (e.g. loss.item()).") from None
-        if math.isnan(number):
+    for name, number in _as_numbers(metrics).items():
+        if isinstance(number, float) and math.isnan(number):
             out[name] = "nan"
-        elif math.isinf(number):
+        elif isinstance(number, float) and math.isinf(number):
             out[name] = "inf" if number > 0 else "-inf"
         else:
             out[name] = number

@@ -343,19 +343,64 @@ def test_hf_with_two_processes_stops_them_together_when_only_the_main_one_sees_t
     cycle = tmp_path / "cycle"
     cycle.mkdir()
     (tmp_path / "train.py").write_text(textwrap.dedent(script))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
-    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
-               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
-               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
-               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", RALPH_STOP_AT_TARGET=json.dumps({"name": "loss", "value": 100.0, "direction": "minimize"}))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = _torchrun_two(tmp_path, cycle, {"name": "loss", "value": 100.0, "direction": "minimize"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [json.loads((cycle / f"out_{rank}.json").read_text())["global_step"] for rank in (0, 1)]
     assert steps == [5, 5], steps  # asked in the log call at step 4, stopped together at the end of step 5
     rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 4 and (cycle / "stopped.json").exists()  # process 0's report met the target
+
+
+def _torchrun_two(tmp_path: Path, cycle: Path, target: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """``tmp_path/train.py`` as two processes (torchrun, gloo on the CPU), as a cycle of the loop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
+               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
+               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
+               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", RALPH_STOP_AT_TARGET=json.dumps(target))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+
+DDP_STEPS = """
+import json, os
+import torch, torch.distributed as dist
+from ralph_ml.adapters.loops import trial_steps
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+done = []
+with trial_steps(10) as steps:
+    for step in steps:
+        loss = model(torch.ones(4, 2)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()  # a gradient sync every step: a process that stopped alone would hang the other
+        opt.step()
+        steps.report(val_accuracy=0.99 if rank == 0 and step >= 2 else 0.5, loss=loss)
+        done.append(step)
+open(os.path.join(os.environ["RALPH_RUN_DIR"], f"out_{rank}.json"), "w").write(json.dumps(done))
+dist.destroy_process_group()
+"""
+
+
+def test_a_plain_loop_on_two_processes_reports_once_and_stops_them_together(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    (tmp_path / "train.py").write_text(DDP_STEPS)
+    proc = _torchrun_two(tmp_path, cycle, {"name": "val_accuracy", "value": 0.98, "direction": "maximize"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
+    assert done == [[1, 2], [1, 2]]  # process 0 met the target at step 2: both stopped there
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["val_accuracy"] == 0.99  # process 0's rows only
+    assert isinstance(rows[0]["loss"], float)
+    assert json.loads((cycle / "metrics.json").read_text())["result"]["val_accuracy"] == 0.99
+    assert json.loads((cycle / "stopped.json").read_text())["step"] == 2
 
 
 # --------------------------------------------------------------------------- plain loops (PyTorch, JAX)

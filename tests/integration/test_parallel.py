@@ -46,6 +46,17 @@ def test_two_trials_overlap_get_different_gpus_and_different_params(exp, tmp_pat
     assert max(len([r for r in runs if r["start"] <= t < r["end"]]) for t in [x["start"] + 0.01 for x in runs]) <= 2
 
 
+def test_k_trials_split_the_cores_when_cpus_per_trial_is_unset(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    log = tmp_path / "runs.log"
+    root = exp(TRIAL, target=1.5, safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 20},
+               execution={"max_concurrency": 2, "env": {"LOG": str(log), "SLEEP_S": "0"}})
+    assert ralph(root, "start").returncode == 2
+    cores = len(os.sched_getaffinity(0))
+    assert [r["threads"] for r in _runs(log)] == [str(max(1, cores // 2))] * 2  # not a thread per core each
+
+
 def test_a_pool_too_small_for_k_is_a_config_error(exp) -> None:  # type: ignore[no-untyped-def]
     root = exp(TRIAL, execution={"max_concurrency": 2, "gpus": [0], "gpus_per_trial": 1})
     proc = ralph(root, "start")

@@ -137,3 +137,19 @@ def test_gpu_ids_are_indices_or_uuids_as_cuda_visible_devices_takes_them() -> No
     assert first.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-a" and second.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-b"
     with pytest.raises(ValueError, match="not GPU ids"):
         Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 1}}, "execution": {"gpus": ["cuda:0"]}})
+
+
+def test_gpu_detection_says_so_when_nvidia_smi_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from ralph_ml.resources import detect_gpus
+
+    fake = tmp_path / "nvidia-smi"  # the driver's tool, at the outermost boundary: a script on PATH
+    fake.write_text("#!/bin/sh\necho 'Failed to initialize NVML: Driver/library version mismatch' >&2\nexit 9\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with caplog.at_level("WARNING", logger="ralph_ml.resources"):
+        assert detect_gpus() == []
+    assert "exit code 9" in caplog.text and "version mismatch" in caplog.text and "execution.gpus" in caplog.text
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-2)'\n")
+    assert detect_gpus() == [0, 1]

@@ -179,6 +179,37 @@ def test_report_appends_one_json_line_per_call(tmp_path: Path, monkeypatch: pyte
     assert all(abs(line["time"] - lines[0]["time"]) < 60 for line in lines)
 
 
+def test_metrics_named_step_or_time_give_way_to_the_rows_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(progress))
+    trial.report(3, step=7, time=-1.0, loss=0.25)  # Lightning's callback_metrics can hold a logged "step"
+    (row,) = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert row["step"] == 3 and row["time"] > 0 and row["loss"] == 0.25
+
+
+def test_only_process_0_of_a_distributed_trial_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(tmp_path / "progress.jsonl"))
+    monkeypatch.setenv("RALPH_METRICS_PATH", str(tmp_path / "metrics.json"))
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it
+    assert trial.rank() == 1 and trial.any_process(True) is True  # no process group: the flag itself
+    trial.report(1, loss=0.5)
+    trial.log_metrics(val_accuracy=0.9)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("RANK", "0")
+    trial.report(1, loss=0.5)
+    trial.log_metrics(val_accuracy=0.9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "progress.jsonl"]
+
+
+def test_a_line_cut_off_by_a_killed_attempt_does_not_swallow_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    progress = tmp_path / "progress.jsonl"
+    progress.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # killed mid-write, then resumed
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(progress))
+    trial.report(2, loss=0.4)
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["loss"] == 0.4
+
+
 def test_report_outside_the_loop_writes_nothing(tmp_path: Path) -> None:
     assert trial.report(1, loss=0.1) is False
     assert list(tmp_path.iterdir()) == []

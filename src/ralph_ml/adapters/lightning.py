@@ -24,11 +24,13 @@ from ._common import missing_extra, scalars
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
-except ImportError:  # the standalone package of Lightning < 2 (still published)
+except ImportError as first:  # the standalone package of Lightning < 2 (still published)
     try:
         from pytorch_lightning import Callback, LightningModule, Trainer  # type: ignore[assignment]
     except ImportError as exc:
-        raise missing_extra("Lightning (`lightning` or `pytorch_lightning`)", "lightning", exc) from exc
+        # Both named: `lightning` may be installed and fail to import (say, against another torch).
+        raise missing_extra("Lightning (`lightning` or `pytorch_lightning`)", "lightning",
+                            ImportError(f"lightning.pytorch: {first}; pytorch_lightning: {exc}")) from exc
 
 __all__ = ["RalphCallback"]
 

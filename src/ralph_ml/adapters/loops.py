@@ -48,7 +48,8 @@ class TrialSteps:
 
     def __iter__(self) -> Iterator[int]:
         for step in range(self.start, self.start + self.total):
-            if self._stop or trial.should_stop():
+            # Every process of a distributed trial iterates: they agree, and stop at the same step.
+            if trial.any_process(self._stop or trial.should_stop()):
                 self._stop = True
                 self.stopped_early = True
                 return
@@ -59,11 +60,12 @@ class TrialSteps:
         """``trial.report(current step, **metrics)``; True when the loop asked to stop.
 
         The iteration ends before the next step either way; the return value lets a loop
-        body that runs many batches per step stop at once.
+        body that runs many batches per step stop at once (in a distributed trial, only
+        process 0 sees a met target here: leave the stop to the iteration, which agrees).
         """
         if self.step is None:
             raise trial.TrialError("TrialSteps.report() was called before the first step; call it inside `for step in steps:`.")
-        self.latest.update(metrics)
+        self.latest.update(trial._as_numbers(metrics))  # floats: a tensor kept here would keep its graph alive
         if trial.report(self.step, **metrics):
             self._stop = True
         return self._stop

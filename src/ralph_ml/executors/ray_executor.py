@@ -212,9 +212,10 @@ def _actor_name(spec: TrialSpec) -> str:
 
 
 # Ray Client: the server the cluster forks for each connection sometimes dies as it starts
-# ("Starting Ray client server failed", or the proxy cannot reach it; ray-project/ray#63202).
-# A new connection gets a new server.
-_CLIENT_TRANSIENT = ("client server failed", "proxy failed to connect to backend")
+# ("Starting Ray client server failed", the proxy cannot reach it, or finds it a zombie as it
+# reads its command line: "Initialization failure from server ... ZombieProcess";
+# ray-project/ray#63202). A new connection gets a new server.
+_CLIENT_TRANSIENT = ("client server failed", "proxy failed to connect to backend", "zombieprocess")
 _CLIENT_ATTEMPTS = 3
 _CLIENT_RETRY_S = 1.0
 
