@@ -118,6 +118,8 @@ class ResourcePool:
         return cls(gpus=list(gpus), gpus_per_trial=per, cpus_per_trial=cpus_per_trial)
 
     def allocate(self, cycle: int) -> Allocation:
+        if cycle in self._held:  # a second allocation would lose the first's GPUs for the rest of the run
+            raise ExecutorError(f"cycle {cycle} already holds {list(self._held[cycle].gpus)} from the resource pool")
         if len(self._free) < self.gpus_per_trial:
             raise ExecutorError(
                 f"no free GPU for cycle {cycle}: {self.gpus_per_trial} needed, free {self._free}, "

@@ -135,6 +135,13 @@ def test_gpu_ids_are_indices_or_uuids_as_cuda_visible_devices_takes_them() -> No
     pool = ResourcePool.for_concurrency(list(ex.gpus), ex.gpus_per_trial, None, 2)
     first, second = pool.allocate(1), pool.allocate(2)
     assert first.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-a" and second.env(True)["CUDA_VISIBLE_DEVICES"] == "MIG-b"
+    from ralph_ml.errors import ExecutorError
+
+    with pytest.raises(ExecutorError, match="cycle 1 already holds"):
+        pool.allocate(1)  # would lose MIG-a for the rest of the run
+    pool.release(1)
+    pool.release(1)  # idempotent
+    assert pool.allocate(3).gpus == ("MIG-a",)
     with pytest.raises(ValueError, match="not GPU ids"):
         Config.model_validate({"project": {"target_metric": {"name": "acc", "value": 1}}, "execution": {"gpus": ["cuda:0"]}})
 
