@@ -43,6 +43,7 @@ no numpy, no pydantic) and imports in milliseconds.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -181,11 +182,16 @@ def _int_env(name: str) -> int | None:
 
 def rank() -> int:
     """This process's rank in a distributed trial, 0 when it runs alone: ``torch.distributed``'s
-    when it is initialized, else the launcher's (``RANK`` of torchrun, ``OMPI_COMM_WORLD_RANK``,
-    ``PMI_RANK``, ``SLURM_PROCID`` of srun)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    when it is initialized, else JAX's (``jax.process_index()`` once ``jax.distributed`` is
+    initialized, as ``keras.distribution.initialize`` does on the JAX backend), else the
+    launcher's (``RANK`` of torchrun, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``, ``SLURM_PROCID``
+    of srun)."""
+    dist = _torch_distributed()
+    if dist is not None:
         return int(dist.get_rank())
+    jax = _jax_distributed()
+    if jax is not None:
+        return int(jax.process_index())
     for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
         raw = os.environ.get(var, "").strip()
         if raw.isdigit():
@@ -194,18 +200,44 @@ def rank() -> int:
 
 
 def any_process(flag: bool) -> bool:
-    """``flag`` or-ed over every process of the ``torch.distributed`` group, so that all of
-    them stop at the same step (one that stops alone leaves the others waiting at their next
-    gradient sync). A collective: every process must call it at the same point. Without an
-    initialized process group (one process, or another framework) it returns ``flag``."""
+    """``flag`` or-ed over every process of the trial, so that all of them stop at the same
+    step (one that stops alone leaves the others waiting at their next gradient sync): over
+    the ``torch.distributed`` group when it is initialized, else over the processes of
+    ``jax.distributed``. A collective: every process must call it at the same point. Without
+    either (one process, or another framework) it returns ``flag``."""
+    dist = _torch_distributed()
+    if dist is not None:
+        if dist.get_world_size() == 1:
+            return flag
+        torch = sys.modules["torch"]  # loaded: torch.distributed is (this module imports nothing beyond the stdlib)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+    jax = _jax_distributed()
+    if jax is not None and jax.process_count() > 1:
+        np = sys.modules["numpy"]  # loaded: jax is (numpy is a dependency of jax)
+        multihost_utils = importlib.import_module("jax.experimental.multihost_utils")
+        return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
+    return flag
+
+
+def _torch_distributed() -> Any | None:
+    """``torch.distributed`` when it is loaded and its process group initialized (never imports torch)."""
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    torch = sys.modules["torch"]  # loaded: torch.distributed is (this module imports nothing beyond the stdlib)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist
+
+
+def _jax_distributed() -> Any | None:
+    """``jax`` when it is loaded and ``jax.distributed`` is initialized (never imports jax, and
+    never starts a backend: ``is_initialized`` only looks at the coordinator client)."""
+    jax = sys.modules.get("jax")
+    is_initialized = getattr(getattr(jax, "distributed", None), "is_initialized", None)
+    if jax is None or is_initialized is None or not is_initialized():
+        return None
+    return jax
 
 
 def report(step: int, /, **metrics: float) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -495,6 +496,103 @@ def test_jax_loop_ends_after_the_step_in_which_the_loop_asked(trials: Trials) ->
     t = trials["jax_loop_stop"].result()  # asked during epoch 2
     assert t.out["ran"] == [1, 2] and t.out["stopped_early"]
     assert [row["step"] for row in t.progress] == [1, 2]
+
+
+# --------------------------------------------------------------------------- two JAX processes
+
+JAX_TWO = """
+import json, os
+import numpy as np
+import jax
+jax.distributed.initialize(coordinator_address=os.environ["TEST_COORDINATOR"], num_processes=2,
+                           process_id=int(os.environ["TEST_PROCESS_ID"]))
+from jax.experimental import multihost_utils
+from ralph_ml import trial
+from ralph_ml.adapters.loops import trial_steps
+
+rank = trial.rank()  # no RANK variable here: only jax.process_index() can tell the processes apart
+done = []
+with trial_steps(10) as steps:
+    for step in steps:
+        # A cross-process exchange every step, as a gradient sync: a process that stopped alone would
+        # leave the other waiting here.
+        seen = float(np.asarray(multihost_utils.process_allgather(np.array([float(step)]))).sum())
+        steps.report(val_accuracy=0.99 if rank == 0 and step >= 2 else 0.5, seen=seen)
+        done.append(step)
+open(os.path.join(os.environ["RALPH_RUN_DIR"], f"out_{rank}.json"), "w").write(json.dumps(done))
+"""
+
+KERAS_JAX_TWO = """
+import json, os
+import keras
+keras.distribution.initialize(job_addresses=os.environ["TEST_COORDINATOR"], num_processes=2,
+                              process_id=int(os.environ["TEST_PROCESS_ID"]))
+from ralph_ml import trial
+from ralph_ml.adapters.keras import RalphCallback
+""" + DATA + """
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
+model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"],
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=6, batch_size=32, verbose=0,
+                    callbacks=[RalphCallback()])
+open(os.path.join(os.environ["RALPH_RUN_DIR"], f"out_{trial.rank()}.json"), "w").write(
+    json.dumps({"epochs": len(history.history["loss"]), "backend": keras.backend.backend()}))
+"""
+
+
+def _jax_two(tmp_path: Path, cycle: Path, script: str, target: dict[str, object]) -> list[subprocess.CompletedProcess[str]]:
+    """``script`` as two processes of one ``jax.distributed`` job on the CPU, as a cycle of the loop."""
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "train.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
+               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
+               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
+               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu", KERAS_BACKEND="jax",
+               TEST_COORDINATOR=f"127.0.0.1:{port}", RALPH_STOP_AT_TARGET=json.dumps(target))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        env.pop(var, None)
+    procs = [subprocess.Popen([sys.executable, "train.py"], cwd=tmp_path, env={**env, "TEST_PROCESS_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        outs = [proc.communicate(timeout=180) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    return [subprocess.CompletedProcess(proc.args, proc.returncode, out, err) for proc, (out, err) in zip(procs, outs)]
+
+
+def test_a_plain_loop_on_two_jax_processes_reports_once_and_stops_them_together(tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    procs = _jax_two(tmp_path, cycle, JAX_TWO, {"name": "val_accuracy", "value": 0.98, "direction": "maximize"})
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
+    done = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
+    assert done == [[1, 2], [1, 2]]  # process 0 met the target at step 2: both stopped there
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["val_accuracy"] == 0.99  # process 0's rows only
+    assert [r["seen"] for r in rows] == [2.0, 4.0]  # both processes took part in every exchange
+    assert json.loads((cycle / "metrics.json").read_text())["result"]["val_accuracy"] == 0.99
+    assert json.loads((cycle / "stopped.json").read_text())["step"] == 2
+
+
+def test_keras_on_two_jax_processes_reports_once_and_stops_them_together(tmp_path: Path) -> None:
+    pytest.importorskip("jax")  # keras: imported in the trial, with KERAS_BACKEND=jax (here it would pick TensorFlow)
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    # Any loss meets this target: process 0 sees it at its first epoch's report, process 1 never
+    # checks (it does not report), so only the callback's combined decision stops it too.
+    procs = _jax_two(tmp_path, cycle, KERAS_JAX_TWO, {"name": "loss", "value": 100.0, "direction": "minimize"})
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
+    outs = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
+    assert outs == [{"epochs": 1, "backend": "jax"}] * 2, outs
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "val_accuracy" in rows[0]
+    assert json.loads((cycle / "stopped.json").read_text())["step"] == 1
 
 
 # name -> (script, extra environment); in the order the tests above use them.

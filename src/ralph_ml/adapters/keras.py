@@ -37,6 +37,11 @@ class RalphCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras sh
       after any batch once ``{"action": "stop"}`` is in ``$RALPH_CONTROL_PATH``: Keras
       then ends the epoch early (still validating and calling ``on_epoch_end``) and stops.
     - ``trial.log_metrics(**last epoch's logs)`` when ``fit`` ends (``log_final=False``: not).
+
+    In a distributed trial (``jax.distributed`` under ``keras.distribution.initialize``, or
+    ``torch.distributed`` on the torch backend) only process 0 reports and sees a met
+    target; every stop decision goes through ``trial.any_process``, so all processes stop
+    at the same batch or epoch and none is left waiting at a gradient sync.
     """
 
     def __init__(self, *, log_final: bool = True) -> None:
@@ -45,12 +50,12 @@ class RalphCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras sh
         self.latest: dict[str, float] = {}  # the last epoch's scalar logs
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if trial.should_stop():
+        if trial.any_process(trial.should_stop()):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.latest = scalars(logs)
-        if trial.report(epoch + 1, **self.latest):
+        if trial.any_process(trial.report(epoch + 1, **self.latest)):
             self.model.stop_training = True
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
