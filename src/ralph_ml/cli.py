@@ -60,6 +60,16 @@ class LinePrinter:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        # With several cycles in flight their lines interleave: each line then names its cycle.
+        self.tagged = cfg.execution.max_concurrency > 1
+
+    def _of(self, d: dict[str, Any], pre: str) -> str:
+        """`` cycle N`` (after ``pre``) on the lines of a cycle, when several run at once."""
+        return f"{pre}cycle {d['cycle']}" if self.tagged and d.get("cycle") is not None else ""
+
+    def _lead(self, d: dict[str, Any]) -> str:
+        """``cycle N: `` at the start of a cycle's result lines, when several run at once."""
+        return self._of(d, "") + ": " if self._of(d, "") else ""
 
     def __call__(self, kind: str, d: dict[str, Any]) -> None:
         p = console.print
@@ -81,9 +91,9 @@ class LinePrinter:
         elif kind == "recovered":
             p(f"└─ Recovered cycle {d['cycle']}: {d['how']}")
         elif kind == "trial_started":
-            p(f"└─ Training (time limit {d['timeout_s']:.0f} s)...")
+            p(f"└─ Training{self._of(d, ' ')} (time limit {d['timeout_s']:.0f} s)...")
         elif kind == "trial_ended":
-            p(f"   trial {d['status']} in {d['duration_s']:.1f} s")
+            p(f"   {self._lead(d)}trial {d['status']} in {d['duration_s']:.1f} s")
         elif kind == "manual":
             p(f"└─ Manual {d['action']} honoured")
         elif kind == "cycle_recorded":
@@ -93,14 +103,14 @@ class LinePrinter:
                 d["verdict"], f"[red]{d['verdict']}[/]"
             )
             val = f"{name}: {metric:.4f}" if metric is not None else f"{d['status']} ({d['failure']})"
-            p(f"   {val} · {mark}")
+            p(f"   {self._lead(d)}{val} · {mark}")
             if metric is None and d.get("message"):
                 p(f"   [dim]{d['message'].splitlines()[0][:200]}[/]")
-            p(f"└─ Analysis: {d['diagnosis']}")
+            p(f"└─ Analysis{self._of(d, ' of ')}: {d['diagnosis']}")
             for r in d.get("recommendations", []):
                 p(f"   → {r['action']} ({r['confidence']}): {r['rationale']}")
             dd = d["decision"]
-            p(f"└─ Decision: {dd['action']} · {dd.get('message', '')}")
+            p(f"└─ Decision{self._of(d, ' after ')}: {dd['action']} · {dd.get('message', '')}")
         elif kind == "run_stopped":
             dd = d["decision"]
             head = "[TARGET MET!]" if dd.get("reason") == "target_met" else f"[STOPPED: {dd.get('reason')}]"

@@ -44,6 +44,13 @@ def test_two_trials_overlap_get_different_gpus_and_different_params(exp, tmp_pat
         assert a["gpus"] != b["gpus"], f"cycles {a['cycle']} and {b['cycle']} shared GPU {a['gpus']}"
     assert {r["gpus"] for r in runs} <= {"3", "5"} and all(r["threads"] == "1" for r in runs)
     assert max(len([r for r in runs if r["start"] <= t < r["end"]]) for t in [x["start"] + 0.01 for x in runs]) <= 2
+    # Two cycles' lines interleave on the terminal: each result line names its cycle.
+    out = proc.stdout
+    for c in range(1, 7):
+        assert f"└─ Training cycle {c} (time limit" in out and f"   cycle {c}: trial ok in " in out, out
+        assert f"   cycle {c}: val_accuracy: " in out and f"└─ Analysis of cycle {c}: " in out, out
+        assert f"└─ Decision after cycle {c}: " in out, out
+    assert "└─ Decision: " not in out and "   trial ok" not in out
 
 
 def test_k_trials_split_the_cores_when_cpus_per_trial_is_unset(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
