@@ -85,7 +85,7 @@ def leaderboard(records: list[CycleRecord], direction: Direction, top: int = 10)
 
 @dataclass(frozen=True)
 class Change:
-    """One parameter that differs from the best-so-far the cycle was compared with."""
+    """One parameter that differs from the cycle the cycle was compared with (its baseline)."""
 
     name: str
     before: Any
@@ -117,12 +117,13 @@ class CycleView:
 
     record: CycleRecord
     params: dict[str, Any]  # the params the trial ran with
-    baseline: CycleRecord | None  # the best so far it was compared with
+    baseline: CycleRecord | None  # what it was compared with: the version it was built on, else the best so far
     changes: tuple[Change, ...]  # vs the baseline's params (vs the search-space defaults before any)
     delta: float | None  # metric - baseline metric
     best_after: float | None  # running best once this cycle was recorded
     patch: str | None  # the code change (patch.diff), if any
     category: str = field(default="discarded")  # a key of charts.STYLE
+    superseded: bool = False  # beat its base, but not the best by the time it was recorded (cycles in flight)
 
     @property
     def cycle(self) -> int:
@@ -137,6 +138,8 @@ class CycleView:
             return f"failed ({r.result.failure.value})" if r.result.failure.value != "none" else r.verdict
         if r.verdict == "below_gate":
             return "hurt (below gate)"
+        if self.superseded:
+            return "superseded (beat its base, not the best when recorded)"
         return "hurt"
 
 
@@ -157,20 +160,28 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
     out: list[CycleView] = []
     best: CycleRecord | None = None
     eff: dict[int, dict[str, Any]] = {}
+    seen: dict[int, CycleRecord] = {}
     for r in records:
         cdir = runs_dir / cycle_folder(r.cycle)
-        base_params = eff[best.cycle] if best is not None else defaults
+        # Compared with the version it was built on (the best when it started): with several
+        # cycles in flight, or after a resume, the best when it was recorded can be a cycle
+        # that did not exist when it was proposed. Without one (the first cycle, a draft from
+        # the workspace, a fix of a failed version), the best so far.
+        parent = seen.get(r.parent) if r.parent is not None else None
+        baseline = parent if parent is not None and parent.metric is not None else best
+        base_params = eff[baseline.cycle] if baseline is not None else defaults
         params = _read_params(cdir / "params.json") or {**base_params, **r.proposal.params}
         eff[r.cycle] = params
         changes = tuple(
             Change(k, base_params.get(k), v) for k, v in params.items() if k not in base_params or base_params[k] != v
         )
         delta = None
-        if best is not None and best.metric is not None and r.metric is not None:
-            delta = r.metric - best.metric
+        if baseline is not None and baseline.metric is not None and r.metric is not None:
+            delta = r.metric - baseline.metric
         patch_file = cdir / "patch.diff"
         patch = patch_file.read_text(errors="replace") if patch_file.is_file() else r.proposal.patch
-        baseline = best
+        seen[r.cycle] = r
+        superseded = not r.kept and delta is not None and delta > 0 and best is not baseline
         if r.kept:
             best = r
         if r.verdict in ("pruned", "cancelled"):
@@ -179,7 +190,8 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
             category = "failed"
         else:
             category = _CATEGORY.get(r.verdict, "discarded")
-        out.append(CycleView(r, params, baseline, changes, delta, best.metric if best else None, patch or None, category))
+        out.append(CycleView(r, params, baseline, changes, delta, best.metric if best else None, patch or None, category,
+                             superseded))
     return out
 
 
@@ -252,6 +264,15 @@ class ReportContext:
     @property
     def trial_seconds(self) -> float:
         return sum(v.record.result.duration_s for v in self.views)
+
+    @property
+    def time_split(self) -> str:
+        """Where the elapsed time went: trials, and the loop and agent (the rest) when trials
+        ran one at a time; with several at once their seconds add up past the elapsed time."""
+        k = self.cfg.execution.max_concurrency
+        if k > 1:
+            return f"trials {self.trial_seconds:.1f} s in all, up to {k} at once"
+        return f"trials {self.trial_seconds:.1f} s, loop and agent {max(0.0, self.rp.elapsed_s - self.trial_seconds):.1f} s"
 
     def count(self, category: str) -> int:
         return sum(1 for v in self.views if v.category == category)
@@ -420,7 +441,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             lines.append(f"- best code: commit `{best.commit[:12]}` (tag `ralph/{rp.run['run_id']}/best`)")
         lines.append(f"- best code folder: `runs/{cycle_folder(best.cycle)}/code`")
     lines += [
-        f"- elapsed: {rp.elapsed_s:.1f} s (trials {ctx.trial_seconds:.1f} s, loop and agent {max(0.0, rp.elapsed_s - ctx.trial_seconds):.1f} s)",
+        f"- elapsed: {rp.elapsed_s:.1f} s ({ctx.time_split})",
         f"- agent usage: {ctx.tokens} tokens, ${ctx.cost_usd:.4f}",
         "- more: " + " · ".join(f"[{label}]({link})" for label, link in [("report.html (charts)", "report.html"), *[(k, v) for k, v in ctx.files.items() if v != "final_report.md"]]),
         "",
@@ -440,12 +461,12 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
         lines += [
             "## What worked, what hurt",
             "",
-            "Each cycle against the best so far when it ran (kept = helped; discarded or failed = hurt).",
+            "Each cycle against the version it was built on, the best when it started (kept = helped; discarded or failed = hurt).",
             "",
-            f"| cycle | change vs best so far | {t.name} | Δ vs best | outcome |",
+            f"| cycle | change vs its base | {t.name} | Δ vs base | outcome |",
             "|---:|---|---:|---:|---|",
         ]
-        for v in compared:
+        for v in sorted(compared, key=lambda v: v.cycle):
             change = "; ".join(c.text for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"

@@ -62,7 +62,7 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
 
 
 def _outcome(text: str) -> str:
-    cls = "kept" if text in ("helped", "baseline") else "hurt" if text.startswith("hurt") else "failed"
+    cls = "kept" if text in ("helped", "baseline") else "hurt" if text.startswith(("hurt", "superseded")) else "failed"
     return f'<span class="{cls}">{_e(text)}</span>'
 
 
@@ -105,14 +105,14 @@ def render_html(ctx: ReportContext) -> str:
     compared = [v for v in ctx.views if v.baseline is not None]
     if compared:
         rows = []
-        for v in compared:
+        for v in sorted(compared, key=lambda v: v.cycle):
             change = "; ".join(_e(c.text) for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"
             rows.append([str(v.cycle), change, _e(fmt(v.record.metric)) if v.record.metric is not None else "n/a",
                          _e(_delta(v.delta)), _outcome(v.outcome)])
-        parts.append("<h2>What worked, what hurt</h2><p class=muted>Each cycle against the best so far when it ran.</p>"
-                     + _table(["cycle", "change vs best so far", name, "Δ vs best", "outcome"], rows, {0, 2, 3}))
+        parts.append("<h2>What worked, what hurt</h2><p class=muted>Each cycle against the version it was built on, the best when it started.</p>"
+                     + _table(["cycle", "change vs its base", name, "Δ vs base", "outcome"], rows, {0, 2, 3}))
         agg = lessons(ctx.views)
         if agg:
             parts.append("<h3>By kind of change</h3>" + _table(
@@ -138,8 +138,8 @@ def render_html(ctx: ReportContext) -> str:
                 parts.append(f"<p class=muted>commit <code>{_e(r.commit[:12])}</code> · code <code>runs/{cycle_folder(r.cycle)}/code</code></p>")
             if v.patch:
                 parts.append(_diff(v.patch))
-    parts.append(f"<h2>Time and agent usage</h2><p>elapsed {rp.elapsed_s:.1f} s: trials {ctx.trial_seconds:.1f} s, "
-                 f"loop and agent {max(0.0, rp.elapsed_s - ctx.trial_seconds):.1f} s · {ctx.tokens} tokens · ${ctx.cost_usd:.4f}</p>"
+    parts.append(f"<h2>Time and agent usage</h2><p>elapsed {rp.elapsed_s:.1f} s: {_e(ctx.time_split)} · "
+                 f"{ctx.tokens} tokens · ${ctx.cost_usd:.4f}</p>"
                  + _img(ctx, "time", "seconds per cycle"))
     rows = []
     for v in ctx.views:

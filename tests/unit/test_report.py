@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,42 @@ def test_each_cycle_is_compared_with_the_best_so_far_when_it_ran(tmp_path: Path)
     assert v[5].category == "pruned"
     assert v[6].patch is not None and "+A = 2" in v[6].patch and v[6].changes == (Change("opt", "sgd", "adam"),)
     assert [x.best_after for x in views] == [0.5, 0.6, 0.6, 0.6, 0.6, 0.7]
+
+
+def test_with_cycles_in_flight_each_is_compared_with_the_version_it_was_built_on(tmp_path: Path) -> None:
+    # Cycles 2 and 3 both start from cycle 1 (K = 2); 3 ends first and is kept, then 2 is
+    # recorded: it was built on cycle 1, not on cycle 3, which did not exist when it started.
+    base, first, late = (rec(1, {"lr": 0.01, "opt": "sgd"}, 0.50, "kept"),
+                         rec(3, {"lr": 0.01, "opt": "adam"}, 0.60, "kept"),
+                         rec(2, {"lr": 0.003, "opt": "sgd"}, 0.55, "discarded"))
+    records = [base, replace(first, parent=1), replace(late, parent=1)]
+    v = {x.cycle: x for x in cycle_views(records, _cfg(tmp_path), tmp_path / "no-runs")}
+    assert v[2].baseline is records[0] and v[2].changes == (Change("lr", 0.01, 0.003),)
+    assert v[2].delta == pytest.approx(0.05)  # better than its base, not than the best by the time it was recorded
+    assert v[2].outcome == "superseded (beat its base, not the best when recorded)"
+    assert v[3].baseline is records[0] and v[3].changes == (Change("opt", "sgd", "adam"),)
+    # A fix of a failed version (a base with no score) is compared with the best so far.
+    failed = replace(rec(4, {"lr": 0.9, "opt": "sgd"}, None, "failed", status=TrialStatus.FAILED,
+                         failure=FailureClass.CRASH), parent=3)
+    fix = replace(rec(5, {"lr": 0.9, "opt": "sgd"}, 0.58, "discarded"), parent=4)
+    v = {x.cycle: x for x in cycle_views([*records, failed, fix], _cfg(tmp_path), tmp_path / "no-runs")}
+    assert v[5].baseline is records[1] and v[5].delta == pytest.approx(-0.02)
+
+
+def test_the_report_of_parallel_cycles_lists_them_in_order_and_does_not_split_the_time(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, execution={"max_concurrency": 2})
+    j = Journal(cfg.path(cfg.paths.state) / "journal.jsonl")
+    j.append({"type": "run_started", "ts": 1000.0, "run_id": "r-1", "target": {}})
+    for r in (rec(1, {"lr": 0.01, "opt": "sgd"}, 0.5, "kept"), replace(rec(3, {"lr": 0.02, "opt": "sgd"}, 0.6, "kept"), parent=1),
+              replace(rec(2, {"lr": 0.005, "opt": "sgd"}, 0.4, "discarded"), parent=1)):
+        j.append({"type": "cycle_recorded", "ts": 1001.0, "cycle": r.cycle, "record": r.to_dict(),
+                  "decision": {"action": "continue"}, "elapsed_s": 4.0})
+    j.close()
+    md = build_report(cfg, charts_enabled=False).markdown.read_text()
+    worked = md.split("## What worked, what hurt")[1].split("By kind of change")[0]
+    assert [line.split("|")[1].strip() for line in worked.splitlines() if line.startswith("| ") and line[2].isdigit()] == ["2", "3"]
+    assert "| 2 | lr 0.01 → 0.005 | 0.4 | -0.1 | hurt |" in worked  # against cycle 1, its base
+    assert "(trials 7.5 s in all, up to 2 at once)" in md and "loop and agent" not in md  # 3 x 2.5 s in 4 s
 
 
 def test_params_json_is_what_the_trial_ran_with(tmp_path: Path) -> None:
