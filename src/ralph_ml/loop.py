@@ -602,7 +602,9 @@ class Loop:
                     cycles.append(self._done.get_nowait())
             except queue.Empty:
                 pass
-            ready = [flights[c] for c in dict.fromkeys(cycles) if c in flights]  # one cycle may be queued twice
+            # One cycle may be queued twice. Cycles that ended within one poll are recorded in
+            # cycle order, not in the order their reaper threads got to the queue.
+            ready = [flights[c] for c in sorted(set(cycles)) if c in flights]
         running = [f for f in flights.values() if f.handle is not None and f not in ready]
         action = self.control.action()
         if action == "stop" and running:

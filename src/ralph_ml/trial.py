@@ -186,17 +186,31 @@ def rank() -> int:
     initialized, as ``keras.distribution.initialize`` does on the JAX backend), else the
     launcher's (``RANK`` of torchrun, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``, ``SLURM_PROCID``
     of srun)."""
+    return _process_number("get_rank", "process_index", ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"), 0)
+
+
+def world_size() -> int:
+    """How many processes the trial runs as, 1 when it runs alone: ``torch.distributed``'s
+    world size when it is initialized, else ``jax.process_count()`` once ``jax.distributed``
+    is, else the launcher's (``WORLD_SIZE`` of torchrun, ``OMPI_COMM_WORLD_SIZE``,
+    ``PMI_SIZE``, ``SLURM_NTASKS`` of srun). Asks no other process."""
+    return _process_number("get_world_size", "process_count", ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"), 1)
+
+
+def _process_number(torch_fn: str, jax_fn: str, launcher_vars: tuple[str, ...], alone: int) -> int:
+    """A rank or a size: from torch.distributed, else jax.distributed, else the first launcher
+    variable that holds one (a size must be at least 1), else ``alone``."""
     dist = _torch_distributed()
     if dist is not None:
-        return int(dist.get_rank())
+        return int(getattr(dist, torch_fn)())
     jax = _jax_distributed()
     if jax is not None:
-        return int(jax.process_index())
-    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        return int(getattr(jax, jax_fn)())
+    for var in launcher_vars:
         raw = os.environ.get(var, "").strip()
-        if raw.isdigit():
+        if raw.isdigit() and int(raw) >= alone:
             return int(raw)
-    return 0
+    return alone
 
 
 def any_process(flag: bool) -> bool:

@@ -534,14 +534,24 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)])
 model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=["accuracy"],
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+STOP_AT = int(os.environ.get("TEST_STOP_BATCH", "0"))  # process 0 asks the loop to stop after this batch
+
+class LoopWriter(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if trial.rank() == 0 and batch + 1 == STOP_AT:
+            ask_loop_to_stop()
+
+ralph = RalphCallback(sync_every=int(os.environ.get("TEST_SYNC_EVERY", "20")))
 history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=6, batch_size=32, verbose=0,
-                    callbacks=[RalphCallback()])
+                    callbacks=[LoopWriter(), ralph])
 open(os.path.join(os.environ["RALPH_RUN_DIR"], f"out_{trial.rank()}.json"), "w").write(
-    json.dumps({"epochs": len(history.history["loss"]), "backend": keras.backend.backend()}))
+    json.dumps({"epochs": len(history.history["loss"]), "backend": keras.backend.backend(),
+                "batches": ralph.batches, "world": trial.world_size()}))
 """
 
 
-def _jax_two(tmp_path: Path, cycle: Path, script: str, target: dict[str, object]) -> list[subprocess.CompletedProcess[str]]:
+def _jax_two(tmp_path: Path, cycle: Path, script: str, target: dict[str, object],
+             **extra: str) -> list[subprocess.CompletedProcess[str]]:
     """``script`` as two processes of one ``jax.distributed`` job on the CPU, as a cycle of the loop."""
     with socket.socket() as sock:  # a free port for the coordinator
         sock.bind(("127.0.0.1", 0))
@@ -552,7 +562,7 @@ def _jax_two(tmp_path: Path, cycle: Path, script: str, target: dict[str, object]
                RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
                RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
                RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu", KERAS_BACKEND="jax",
-               TEST_COORDINATOR=f"127.0.0.1:{port}", RALPH_STOP_AT_TARGET=json.dumps(target))
+               TEST_COORDINATOR=f"127.0.0.1:{port}", RALPH_STOP_AT_TARGET=json.dumps(target), **extra)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
         env.pop(var, None)
     procs = [subprocess.Popen([sys.executable, "train.py"], cwd=tmp_path, env={**env, "TEST_PROCESS_ID": str(i)},
@@ -589,10 +599,25 @@ def test_keras_on_two_jax_processes_reports_once_and_stops_them_together(tmp_pat
     procs = _jax_two(tmp_path, cycle, KERAS_JAX_TWO, {"name": "loss", "value": 100.0, "direction": "minimize"})
     assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
     outs = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
-    assert outs == [{"epochs": 1, "backend": "jax"}] * 2, outs
+    assert outs == [{"epochs": 1, "backend": "jax", "batches": 8, "world": 2}] * 2, outs  # 256 signals / 32
     rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and "val_accuracy" in rows[0]
     assert json.loads((cycle / "stopped.json").read_text())["step"] == 1
+
+
+def test_keras_on_two_jax_processes_agrees_on_a_stop_request_every_sync_every_batches(tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    # Process 0 writes the stop request after batch 3; the processes agree every 5 batches, so
+    # both leave epoch 1 after batch 5 (each alone would have read the file at its own batch).
+    procs = _jax_two(tmp_path, cycle, KERAS_JAX_TWO, {"name": "loss", "value": -1.0, "direction": "minimize"},
+                     TEST_STOP_BATCH="3", TEST_SYNC_EVERY="5")
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-3000:] for p in procs]
+    outs = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
+    assert outs == [{"epochs": 1, "backend": "jax", "batches": 5, "world": 2}] * 2, outs
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]  # epoch 1 still ends (validation, report) before the stop
 
 
 # name -> (script, extra environment); in the order the tests above use them.

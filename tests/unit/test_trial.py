@@ -201,6 +201,18 @@ def test_only_process_0_of_a_distributed_trial_writes(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "progress.jsonl"]
 
 
+def test_world_size_comes_from_the_launcher_without_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert trial.world_size() == 1
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # srun
+    assert trial.world_size() == 4
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's comes first
+    assert trial.world_size() == 2
+    monkeypatch.setenv("WORLD_SIZE", "0")  # not a size: the next launcher's
+    assert trial.world_size() == 4
+
+
 def test_a_line_cut_off_by_a_killed_attempt_does_not_swallow_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     progress = tmp_path / "progress.jsonl"
     progress.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # killed mid-write, then resumed

@@ -61,7 +61,7 @@ class RalphCallback(TrainerCallback):
         self.latest.update(metrics)
         if state.is_world_process_zero:
             self.asked = trial.report(state.global_step, **metrics) or self.asked
-        if self.asked and _world_size() == 1:  # one process: stop at once (several: at the step end, together)
+        if self.asked and trial.world_size() == 1:  # one process: stop at once (several: at the step end, together)
             control.should_training_stop = True
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -71,12 +71,6 @@ class RalphCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.log_final and self.latest and state.is_world_process_zero:
             trial.log_metrics(**self.latest)
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def any_process(flag: bool) -> bool:

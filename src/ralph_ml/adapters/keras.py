@@ -41,16 +41,30 @@ class RalphCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras sh
     In a distributed trial (``jax.distributed`` under ``keras.distribution.initialize``, or
     ``torch.distributed`` on the torch backend) only process 0 reports and sees a met
     target; every stop decision goes through ``trial.any_process``, so all processes stop
-    at the same batch or epoch and none is left waiting at a gradient sync.
+    at the same batch or epoch and none is left waiting at a gradient sync. That agreement
+    is a collective, which waits for the device, so within an epoch the processes agree
+    every ``sync_every`` batches (default 20) rather than after each one; one process
+    alone checks the control file after every batch.
     """
 
-    def __init__(self, *, log_final: bool = True) -> None:
+    def __init__(self, *, log_final: bool = True, sync_every: int = 20) -> None:
         super().__init__()
+        if sync_every < 1:
+            raise trial.TrialError(f"RalphCallback(sync_every={sync_every}): agree at least every batch (1) or less often (> 1).")
         self.log_final = log_final
+        self.sync_every = sync_every
         self.latest: dict[str, float] = {}  # the last epoch's scalar logs
+        self.batches = 0  # training batches seen, over all epochs
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if trial.any_process(trial.should_stop()):
+        self.batches += 1
+        if trial.world_size() == 1:
+            stop = trial.should_stop()
+        elif self.batches % self.sync_every == 0:  # every process counts the same batches
+            stop = trial.any_process(trial.should_stop())
+        else:
+            return
+        if stop:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
