@@ -56,14 +56,17 @@ from .errors import RalphError
 
 __all__ = [
     "TrialError",
+    "any_process",
     "checkpoint_dir",
     "cycle",
     "data_dir",
     "log_metrics",
     "params",
+    "rank",
     "report",
     "seed",
     "should_stop",
+    "world_size",
 ]
 
 # Outside the loop the helpers fall back to these paths, relative to the working directory.

@@ -51,15 +51,19 @@ def write_params(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: object
 def test_public_surface_is_pinned() -> None:
     assert sorted(trial.__all__) == [
         "TrialError",
+        "any_process",
         "checkpoint_dir",
         "cycle",
         "data_dir",
         "log_metrics",
         "params",
+        "rank",
         "report",
         "seed",
         "should_stop",
+        "world_size",
     ]
+    assert all(callable(getattr(trial, name)) for name in trial.__all__)
     assert issubclass(trial.TrialError, RalphError)
 
 
