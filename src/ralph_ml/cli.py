@@ -102,7 +102,8 @@ class LinePrinter:
             mark = {"kept": "[green]✓ kept[/]", "discarded": "discarded", "below_gate": "[yellow]below gate[/]"}.get(
                 d["verdict"], f"[red]{d['verdict']}[/]"
             )
-            val = f"{name}: {metric:.4f}" if metric is not None else f"{d['status']} ({d['failure']})"
+            val = f"{name}: {metric:.4f}" if metric is not None else (
+                d["status"] if d.get("failure") in (None, "none") else f"{d['status']} ({d['failure']})")
             p(f"   {self._lead(d)}{val} · {mark}")
             if metric is None and d.get("message"):
                 p(f"   [dim]{d['message'].splitlines()[0][:200]}[/]")

@@ -649,8 +649,6 @@ class Loop:
         """A trial ended: free its resources, apply the pruning verdict, close its pruner session."""
         assert f.result is not None
         f.settled = True
-        if f.alloc is not None:  # the trial really ran (its resources are freed once it is recorded)
-            self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
         f.handle = None
         if self.pruner is not None and f.prune is not None:
             if f.prune_verdict is not None and (self._finished_first(f) or self._stopped_at_target(f)):
@@ -672,6 +670,9 @@ class Loop:
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)
             f.pruner_saw = True
+        if f.alloc is not None:  # the trial really ran (its resources are freed once it is recorded)
+            # After the verdict: a pruned trial that exited cleanly ends "pruned", not "ok".
+            self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
 
     @staticmethod
     def _last_progress(f: Flight) -> dict[str, float]:

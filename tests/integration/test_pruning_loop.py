@@ -48,6 +48,11 @@ def test_median_pruner_stops_doomed_trials_which_keep_partial_metrics(exp) -> No
     # pruned cycles are not failures: no circuit breaker
     stop = [json.loads(line) for line in (root / "state" / "journal.jsonl").read_text().splitlines()][-1]
     assert stop["decision"]["reason"] == "max_cycles"
+    # The trial's end is announced with the verdict: a pruned trial exits 0, and ends "pruned", not "ok".
+    events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
+    ended = {e["cycle"]: e["status"] for e in events if e["kind"] == "trial_ended"}
+    assert {r["cycle"]: ended[r["cycle"]] for r in pruned} == {r["cycle"]: "pruned" for r in pruned}
+    assert "trial pruned in " in proc.stdout and "   pruned · pruned" in proc.stdout and "(none)" not in proc.stdout
 
 
 def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp) -> None:  # type: ignore[no-untyped-def]
