@@ -356,7 +356,9 @@ def status(
     tgt = data["target"]
     op = ">=" if tgt["direction"] == "maximize" else "<="
     t.add_row("status", data["status"] + (" (resume with `ralph-ml resume`)" if data["status"] == "interrupted" else ""))
-    t.add_row("cycle / phase", f"{data['cycle']} / {data['phase']}")
+    flying = data.get("in_flight") or []
+    t.add_row("cycle / phase", f"{data['cycle']} / {data['phase']}"
+              + (f" · in flight: cycles {', '.join(map(str, flying))}" if len(flying) > 1 else ""))
     t.add_row("target", f"{tgt['name']} {op} {tgt['value']}")
     b = data.get("best")
     stop_note = f" (stopped at step {b['stopped_at_step']}, where it met the target)" if b and b.get("stopped_at_step") is not None else ""

@@ -327,6 +327,9 @@ class Loop:
 
     def write_state(self, status: str | None = None) -> None:
         stop = self.last_decision if (self.last_decision and self.last_decision.stop) else None
+        running = {c for c, f in self._flights.items() if f.result is None}
+        if self.phase == "execute":
+            running.add(self.cycle)  # written just before its trial is submitted
         state = recording.run_state(
             self.cfg,
             run_id=self.run_id,
@@ -340,6 +343,7 @@ class Loop:
             git=self.git,
             safeguards=self._safeguards_dump,
             sink_failures=self.bus.all_failures(),  # tracking sinks switched off (fail soft), and why
+            in_flight=sorted(running),
         )
         write_json_atomic(self.state_path, state, indent=None)  # read by machines and `ralph-ml status`
 
@@ -348,6 +352,7 @@ class Loop:
         """Run cycles, up to ``execution.max_concurrency`` at once, until a stop rule fires."""
         try:
             flights: dict[int, Flight] = {}
+            self._flights = flights  # the state file names the cycles in flight
             for cycle, proposal in self._pending:
                 flights[cycle] = self._recover(cycle, proposal)
             self._pending = []
@@ -395,6 +400,7 @@ class Loop:
         The public step API: ``run`` is this, with up to K cycles in flight.
         """
         flights: dict[int, Flight] = {}
+        self._flights = flights
         no_more = self._fill(flights, limit=1)
         if not flights:
             return no_more or Decision(action="continue", message="paused")
@@ -438,6 +444,7 @@ class Loop:
             flights[cycle] = self._launch(cycle, proposal)
         return None
 
+    _flights: dict[int, Flight] = {}  # the cycles started and not yet recorded (run() or step() sets it)
     _exhausted = ""
     _agent_stop: Decision | None = None  # set when the agent cannot afford a call (budgets)
 

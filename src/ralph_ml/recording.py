@@ -159,11 +159,13 @@ def run_state(
     git: GitVersions | None,
     safeguards: dict[str, Any],
     sink_failures: dict[str, str],
+    in_flight: list[int] | None = None,
 ) -> dict[str, Any]:
     """The content of ``state/ralph_state.json`` (read by machines and `ralph-ml status`).
 
     ``stop``: the decision that stops the run, if any; ``safeguards``: ``cfg.safeguards``
-    dumped (static for a run); ``sink_failures``: tracking sinks switched off, and why.
+    dumped (static for a run); ``sink_failures``: tracking sinks switched off, and why;
+    ``in_flight``: the cycles whose trials run (started, not ended).
     """
     best = totals.best
     sg = cfg.safeguards
@@ -172,6 +174,7 @@ def run_state(
         "status": status,
         "phase": phase,
         "cycle": cycle,
+        "in_flight": list(in_flight or []),
         "cycles_recorded": cycles_recorded,
         "pid": os.getpid(),
         "updated_at": time.time(),

@@ -87,6 +87,10 @@ def test_kill_9_with_two_trials_in_flight_reruns_each_once(exp, tmp_path: Path) 
     proc.wait()
     in_flight = {e["cycle"] for e in journal_events(root) if e["type"] == "cycle_started"} - {r["cycle"] for r in recorded(root)}
     assert len(in_flight) == 2
+    state = json.loads((root / "state" / "ralph_state.json").read_text())
+    assert state["in_flight"] == sorted(in_flight)  # both trials were running when the loop died
+    status = " ".join(ralph(root, "status", check=True).stdout.split())
+    assert f"in flight: cycles {', '.join(map(str, sorted(in_flight)))}" in status, status
     res = ralph(root, "resume")
     assert res.returncode == 2, res.stdout + res.stderr
     recs = recorded(root)
