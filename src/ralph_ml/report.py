@@ -181,7 +181,10 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
         patch_file = cdir / "patch.diff"
         patch = patch_file.read_text(errors="replace") if patch_file.is_file() else r.proposal.patch
         seen[r.cycle] = r
-        superseded = not r.kept and delta is not None and delta > 0 and best is not baseline
+        # Beat its base by the run's own bar for a gain, but a best recorded meanwhile was better.
+        gain = None if delta is None else (delta if cfg.target.dir.value == "maximize" else -delta)
+        superseded = (not r.kept and gain is not None and gain > 0 and gain >= cfg.safeguards.min_improvement_delta
+                      and best is not baseline)
         if r.kept:
             best = r
         if r.verdict in ("pruned", "cancelled"):
@@ -203,7 +206,7 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
             continue
         for ch in v.changes:
             row = agg.setdefault((ch.name, ch.direction), {"param": ch.name, "change": ch.direction, "helped": 0, "hurt": 0, "failed": 0, "deltas": []})
-            if v.record.kept:
+            if v.record.kept or v.superseded:  # a superseded change beat the version it was built on
                 row["helped"] += 1
             elif v.record.metric is None:
                 row["failed"] += 1

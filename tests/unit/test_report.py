@@ -78,6 +78,11 @@ def test_with_cycles_in_flight_each_is_compared_with_the_version_it_was_built_on
     assert v[2].baseline is records[0] and v[2].changes == (Change("lr", 0.01, 0.003),)
     assert v[2].delta == pytest.approx(0.05)  # better than its base, not than the best by the time it was recorded
     assert v[2].outcome == "superseded (beat its base, not the best when recorded)"
+    rows = {(r["param"], r["change"]): r for r in lessons(list(v.values()))}
+    assert rows[("lr", "decrease")]["helped"] == 1 and rows[("lr", "decrease")]["hurt"] == 0  # its change helped
+    # Minimizing, the same numbers are a loss to its base: hurt, not superseded.
+    v = {x.cycle: x for x in cycle_views(records, _cfg(tmp_path / "min", metric="val_loss"), tmp_path / "no-runs")}
+    assert v[2].outcome == "hurt"
     assert v[3].baseline is records[0] and v[3].changes == (Change("opt", "sgd", "adam"),)
     # A fix of a failed version (a base with no score) is compared with the best so far.
     failed = replace(rec(4, {"lr": 0.9, "opt": "sgd"}, None, "failed", status=TrialStatus.FAILED,
