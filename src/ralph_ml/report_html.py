@@ -28,7 +28,7 @@ th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
 pre{background:#f7f7f7;border:1px solid #e6e6e6;border-radius:4px;padding:8px;overflow:auto;font-size:12px}
 pre.diff .a{color:#116329;background:#e6ffec}pre.diff .d{color:#82071e;background:#ffebe9}pre.diff .h{color:#6639ba}
-.kept{color:#1a7f37;font-weight:600}.hurt{color:#82071e}.failed{color:#d62728}.muted{color:#777}
+.kept{color:#1a7f37;font-weight:600}.superseded{color:#9a6700}.hurt{color:#82071e}.failed{color:#d62728}.muted{color:#777}
 .note{background:#fff8c5;border:1px solid #e6d87a;border-radius:4px;padding:8px 10px;margin:10px 0}
 .stop{border-left:4px solid #1f77b4;padding:6px 10px;background:#f3f8fc}
 """
@@ -62,7 +62,8 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
 
 
 def _outcome(text: str) -> str:
-    cls = "kept" if text in ("helped", "baseline") else "hurt" if text.startswith(("hurt", "superseded")) else "failed"
+    cls = ("kept" if text in ("helped", "baseline") else "superseded" if text.startswith("superseded")
+           else "hurt" if text.startswith("hurt") else "failed")
     return f'<span class="{cls}">{_e(text)}</span>'
 
 

@@ -97,14 +97,16 @@ def test_the_report_of_parallel_cycles_lists_them_in_order_and_does_not_split_th
     j = Journal(cfg.path(cfg.paths.state) / "journal.jsonl")
     j.append({"type": "run_started", "ts": 1000.0, "run_id": "r-1", "target": {}})
     for r in (rec(1, {"lr": 0.01, "opt": "sgd"}, 0.5, "kept"), replace(rec(3, {"lr": 0.02, "opt": "sgd"}, 0.6, "kept"), parent=1),
-              replace(rec(2, {"lr": 0.005, "opt": "sgd"}, 0.4, "discarded"), parent=1)):
+              replace(rec(2, {"lr": 0.005, "opt": "sgd"}, 0.55, "discarded"), parent=1)):
         j.append({"type": "cycle_recorded", "ts": 1001.0, "cycle": r.cycle, "record": r.to_dict(),
                   "decision": {"action": "continue"}, "elapsed_s": 4.0})
     j.close()
-    md = build_report(cfg, charts_enabled=False).markdown.read_text()
+    files = build_report(cfg, charts_enabled=False)
+    md = files.markdown.read_text()
     worked = md.split("## What worked, what hurt")[1].split("By kind of change")[0]
     assert [line.split("|")[1].strip() for line in worked.splitlines() if line.startswith("| ") and line[2].isdigit()] == ["2", "3"]
-    assert "| 2 | lr 0.01 → 0.005 | 0.4 | -0.1 | hurt |" in worked  # against cycle 1, its base
+    assert "| 2 | lr 0.01 → 0.005 | 0.55 | +0.05 | superseded (beat its base, not the best when recorded) |" in worked
+    assert '<span class="superseded">superseded' in files.html.read_text()
     assert "(trials 7.5 s in all, up to 2 at once)" in md and "loop and agent" not in md  # 3 x 2.5 s in 4 s
 
 
