@@ -69,7 +69,8 @@ class LinePrinter:
 
     def _lead(self, d: dict[str, Any]) -> str:
         """``cycle N: `` at the start of a cycle's result lines, when several run at once."""
-        return self._of(d, "") + ": " if self._of(d, "") else ""
+        tag = self._of(d, "")
+        return f"{tag}: " if tag else ""
 
     def __call__(self, kind: str, d: dict[str, Any]) -> None:
         p = console.print

@@ -98,6 +98,7 @@ class Loop:
         self.runs_dir = cfg.path(cfg.paths.runs)
         self.reports_dir = cfg.path(cfg.paths.reports)
         self.state_dir = cfg.path(cfg.paths.state)
+        self._flights: dict[int, Flight] = {}  # the cycles started and not yet recorded (run() or step() sets it)
         self.journal_path = self.state_dir / "journal.jsonl"
         self.state_path = self.state_dir / "ralph_state.json"
         self.control = ControlReader(self.state_dir / "control.json")
@@ -444,7 +445,6 @@ class Loop:
             flights[cycle] = self._launch(cycle, proposal)
         return None
 
-    _flights: dict[int, Flight] = {}  # the cycles started and not yet recorded (run() or step() sets it)
     _exhausted = ""
     _agent_stop: Decision | None = None  # set when the agent cannot afford a call (budgets)
 

@@ -277,6 +277,11 @@ class ReportContext:
             return f"trials {self.trial_seconds:.1f} s in all, up to {k} at once"
         return f"trials {self.trial_seconds:.1f} s, loop and agent {max(0.0, self.rp.elapsed_s - self.trial_seconds):.1f} s"
 
+    @property
+    def compared(self) -> list[CycleView]:
+        """The cycles compared with a base ("what worked, what hurt"), in cycle order."""
+        return sorted((v for v in self.views if v.baseline is not None), key=lambda v: v.cycle)
+
     def count(self, category: str) -> int:
         return sum(1 for v in self.views if v.category == category)
 
@@ -459,7 +464,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
         lines += ["## Why the run stopped", "", f"**{reason}** (exit code {code}): {message}", ""]
         lines += [f"- {k}: `{_cell(v)}`" for k, v in evidence.items()]
         lines.append("")
-    compared = [v for v in ctx.views if v.baseline is not None]
+    compared = ctx.compared
     if compared:
         lines += [
             "## What worked, what hurt",
@@ -469,7 +474,7 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             f"| cycle | change vs its base | {t.name} | Δ vs base | outcome |",
             "|---:|---|---:|---:|---|",
         ]
-        for v in sorted(compared, key=lambda v: v.cycle):
+        for v in compared:
             change = "; ".join(c.text for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"

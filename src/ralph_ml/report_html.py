@@ -103,10 +103,10 @@ def render_html(ctx: ReportContext) -> str:
     if "params" in ctx.images:
         parts.append(f"<h2>Parameter effects</h2><p class=muted>{name} against each parameter that varied; ★ the best "
                      "cycle; × beyond the grey line: cycles without a score.</p>" + _img(ctx, "params", "parameter effects"))
-    compared = [v for v in ctx.views if v.baseline is not None]
+    compared = ctx.compared
     if compared:
         rows = []
-        for v in sorted(compared, key=lambda v: v.cycle):
+        for v in compared:
             change = "; ".join(_e(c.text) for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"

@@ -55,10 +55,14 @@ class RalphCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras sh
         self.sync_every = sync_every
         self.latest: dict[str, float] = {}  # the last epoch's scalar logs
         self.batches = 0  # training batches seen, over all epochs
+        self._alone = True  # one process (set when fit starts: the process group is up by then)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._alone = trial.world_size() == 1
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.batches += 1
-        if trial.world_size() == 1:
+        if self._alone:
             stop = trial.should_stop()
         elif self.batches % self.sync_every == 0:  # every process counts the same batches
             stop = trial.any_process(trial.should_stop())
