@@ -32,12 +32,11 @@ class Trial:
     result: dict[str, Any] | None  # metrics.json "result", None when not written
 
 
-def run_trial(tmp_path: Path, script: str, **env: str) -> Trial:
-    cycle = tmp_path / "cycle"
-    cycle.mkdir()
-    (tmp_path / "train.py").write_text(textwrap.dedent(script))
-    full = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
-    full.update(
+def cycle_env(tmp_path: Path, cycle: Path, **extra: str) -> dict[str, str]:
+    """This environment without its RALPH_* variables, plus what the loop gives a trial of cycle 1
+    whose folder is ``cycle``, one thread, nothing downloaded, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
+    env.update(
         RALPH_RUN_ID="test",
         RALPH_CYCLE="1",
         RALPH_SEED="0",
@@ -47,13 +46,19 @@ def run_trial(tmp_path: Path, script: str, **env: str) -> Trial:
         RALPH_CONTROL_PATH=str(cycle / "control.json"),
         RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
         RALPH_DATA_DIR=str(tmp_path / "data"),
-        KERAS_BACKEND="torch",
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
         HF_HUB_OFFLINE="1",  # nothing may be downloaded
-        JAX_PLATFORMS="cpu",
-        **env,
+        **extra,
     )
+    return env
+
+
+def run_trial(tmp_path: Path, script: str, **env: str) -> Trial:
+    cycle = tmp_path / "cycle"
+    cycle.mkdir()
+    (tmp_path / "train.py").write_text(textwrap.dedent(script))
+    full = cycle_env(tmp_path, cycle, KERAS_BACKEND="torch", JAX_PLATFORMS="cpu", **env)
     proc = subprocess.run(
         [sys.executable, "train.py"], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=180
     )
@@ -354,12 +359,7 @@ def test_hf_with_two_processes_stops_them_together_when_only_the_main_one_sees_t
 
 def _torchrun_two(tmp_path: Path, cycle: Path, target: dict[str, object]) -> subprocess.CompletedProcess[str]:
     """``tmp_path/train.py`` as two processes (torchrun, gloo on the CPU), as a cycle of the loop."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
-    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
-               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
-               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
-               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", RALPH_STOP_AT_TARGET=json.dumps(target))
+    env = cycle_env(tmp_path, cycle, RALPH_STOP_AT_TARGET=json.dumps(target))
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
 
@@ -557,12 +557,8 @@ def _jax_two(tmp_path: Path, cycle: Path, script: str, target: dict[str, object]
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     (tmp_path / "train.py").write_text(script)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALPH_")}
-    env.update(RALPH_RUN_ID="test", RALPH_CYCLE="1", RALPH_SEED="0", RALPH_RUN_DIR=str(cycle),
-               RALPH_METRICS_PATH=str(cycle / "metrics.json"), RALPH_PROGRESS_PATH=str(cycle / "progress.jsonl"),
-               RALPH_CONTROL_PATH=str(cycle / "control.json"), RALPH_CHECKPOINT_DIR=str(cycle / "checkpoints"),
-               RALPH_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1", JAX_PLATFORMS="cpu", KERAS_BACKEND="jax",
-               TEST_COORDINATOR=f"127.0.0.1:{port}", RALPH_STOP_AT_TARGET=json.dumps(target), **extra)
+    env = cycle_env(tmp_path, cycle, JAX_PLATFORMS="cpu", KERAS_BACKEND="jax", TEST_COORDINATOR=f"127.0.0.1:{port}",
+                    RALPH_STOP_AT_TARGET=json.dumps(target), **extra)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
         env.pop(var, None)
     procs = [subprocess.Popen([sys.executable, "train.py"], cwd=tmp_path, env={**env, "TEST_PROCESS_ID": str(i)},
