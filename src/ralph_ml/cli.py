@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -103,9 +104,17 @@ class LinePrinter:
             mark = {"kept": "[green]✓ kept[/]", "discarded": "discarded", "below_gate": "[yellow]below gate[/]"}.get(
                 d["verdict"], f"[red]{d['verdict']}[/]"
             )
-            val = f"{name}: {metric:.4f}" if metric is not None else (
-                d["status"] if d.get("failure") in (None, "none") else f"{d['status']} ({d['failure']})")
-            p(f"   {self._lead(d)}{val} · {mark}")
+            if metric is None and d["verdict"] in ("pruned", "cancelled"):  # stopped early: not a failure
+                result = (d.get("record") or {}).get("result") or {}
+                step, part = result.get("stopped_at_step"), (result.get("metrics") or {}).get(name)
+                line = f"[magenta]{d['verdict']}[/]" + (f" at step {step}" if step is not None else "")
+                if isinstance(part, (int, float)) and math.isfinite(part):
+                    line += f" · {name}: {part:.4f} when stopped"
+            else:
+                val = f"{name}: {metric:.4f}" if metric is not None else (
+                    d["status"] if d.get("failure") in (None, "none") else f"{d['status']} ({d['failure']})")
+                line = f"{val} · {mark}"
+            p(f"   {self._lead(d)}{line}")
             if metric is None and d.get("message"):
                 p(f"   [dim]{d['message'].splitlines()[0][:200]}[/]")
             p(f"└─ Analysis{self._of(d, ' of ')}: {d['diagnosis']}")

@@ -143,6 +143,18 @@ class CycleView:
         return "hurt"
 
 
+def metric_cell(record: CycleRecord, name: str, spec: str = ".4g") -> str:
+    """The target metric as the report's tables show it: the cycle's score, or for a trial
+    stopped early (pruned, cancelled) the value it had reached, marked partial."""
+    if record.metric is not None:
+        return format(record.metric, spec)
+    if record.verdict in ("pruned", "cancelled"):
+        v = record.result.metrics.get(name)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return f"{format(v, spec)} (partial)"
+    return "n/a"
+
+
 def _read_params(path: Path) -> dict[str, Any] | None:
     import json
 
@@ -205,9 +217,12 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
         if v.baseline is None:
             continue
         for ch in v.changes:
-            row = agg.setdefault((ch.name, ch.direction), {"param": ch.name, "change": ch.direction, "helped": 0, "hurt": 0, "failed": 0, "deltas": []})
+            row = agg.setdefault((ch.name, ch.direction), {"param": ch.name, "change": ch.direction, "helped": 0, "hurt": 0,
+                                                           "failed": 0, "pruned": 0, "deltas": []})
             if v.record.kept or v.superseded:  # a superseded change beat the version it was built on
                 row["helped"] += 1
+            elif v.category == "pruned":  # stopped early (pruned, cancelled): it did not fail
+                row["pruned"] += 1
             elif v.record.metric is None:
                 row["failed"] += 1
             else:
@@ -217,7 +232,7 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
     rows = []
     for row in agg.values():
         d = row.pop("deltas")
-        row["tried"] = row["helped"] + row["hurt"] + row["failed"]
+        row["tried"] = row["helped"] + row["hurt"] + row["failed"] + row["pruned"]
         row["mean_delta"] = sum(d) / len(d) if d else None
         rows.append(row)
     rows.sort(key=lambda r: (-r["helped"], r["hurt"] + r["failed"], r["param"], r["change"]))
@@ -278,9 +293,14 @@ class ReportContext:
         return f"trials {self.trial_seconds:.1f} s, loop and agent {max(0.0, self.rp.elapsed_s - self.trial_seconds):.1f} s"
 
     @property
+    def in_cycle_order(self) -> list[CycleView]:
+        """Every recorded cycle by number (with several in flight they are recorded out of order)."""
+        return sorted(self.views, key=lambda v: v.cycle)
+
+    @property
     def compared(self) -> list[CycleView]:
         """The cycles compared with a base ("what worked, what hurt"), in cycle order."""
-        return sorted((v for v in self.views if v.baseline is not None), key=lambda v: v.cycle)
+        return [v for v in self.in_cycle_order if v.baseline is not None]
 
     def count(self, category: str) -> int:
         return sum(1 for v in self.views if v.category == category)
@@ -478,14 +498,15 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             change = "; ".join(c.text for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"
-            m = fmt(v.record.metric) if v.record.metric is not None else "n/a"
-            lines.append(f"| {v.cycle} | {_cell(change)} | {m} | {_delta(v.delta)} | {v.outcome} |")
+            lines.append(f"| {v.cycle} | {_cell(change)} | {metric_cell(v.record, t.name)} | {_delta(v.delta)} | {v.outcome} |")
         rows = lessons(ctx.views)
         if rows:
-            lines += ["", "By kind of change:", "", "| param | change | tried | helped | hurt | failed | mean Δ |", "|---|---|---:|---:|---:|---:|---:|"]
+            lines += ["", "By kind of change (pruned: stopped early, by a pruner or a stop; not a failure):", "",
+                      "| param | change | tried | helped | hurt | failed | pruned | mean Δ |", "|---|---|---:|---:|---:|---:|---:|---:|"]
             for row in rows:
                 lines.append(
-                    f"| {_cell(row['param'])} | {_cell(row['change'])} | {row['tried']} | {row['helped']} | {row['hurt']} | {row['failed']} | {_delta(row['mean_delta'])} |"
+                    f"| {_cell(row['param'])} | {_cell(row['change'])} | {row['tried']} | {row['helped']} | {row['hurt']} "
+                    f"| {row['failed']} | {row['pruned']} | {_delta(row['mean_delta'])} |"
                 )
         lines.append("")
     if ctx.tree:
@@ -511,20 +532,22 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
         f"| cycle | status | {t.name} | verdict | diagnosis | seconds | tokens | params |",
         "|---:|---|---:|---|---|---:|---:|---|",
     ]
-    for v in ctx.views:
+    for v in ctx.in_cycle_order:
         r = v.record
-        m = f"{r.metric:.6g}" if r.metric is not None else "n/a"
         status = r.result.status_text()
         diag = r.analysis.diagnosis if r.analysis else ""
         lines.append(
-            f"| {r.cycle} | {status} | {m} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.tokens_used} | {_cell(_fmt_params(v.params))} |"
+            f"| {r.cycle} | {status} | {metric_cell(r, t.name, '.6g')} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.tokens_used} | {_cell(_fmt_params(v.params))} |"
         )
-    failed = [r for r in records if r.metric is None]
-    if failed:
-        lines += ["", "## Failures", ""]
-        for r in failed:
-            first = r.result.message.splitlines()[0] if r.result.message else ""
-            lines.append(f"- cycle {r.cycle}: {r.result.status.value} ({r.result.failure.value}): {first}")
+    for title, category in (("Failures", "failed"), ("Stopped early", "pruned")):
+        listed = [v.record for v in ctx.in_cycle_order if v.category == category]
+        if listed:
+            lines += ["", f"## {title}", ""]
+            for r in listed:
+                first = r.result.message.splitlines()[0] if r.result.message else ""
+                # a pruned or cancelled trial's message starts with what happened ("pruned at step 4: ...")
+                lines.append(f"- cycle {r.cycle}: {first}" if category == "pruned" and first
+                             else f"- cycle {r.cycle}: {r.result.status_text()}: {first}")
     lines += ["", "## Leaderboard", "", "| rank | cycle | metric | params |", "|---:|---:|---:|---|"]
     for row in ctx.board:
         lines.append(f"| {row['rank']} | {row['cycle']} | {row['metric']:.6g} | {_cell(_fmt_params(row['params']))} |")

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__, charts
 from .journal import cycle_folder
-from .report import ReportContext, _delta, _fmt_params, fmt, lessons, stop_summary
+from .report import ReportContext, _delta, _fmt_params, fmt, lessons, metric_cell, stop_summary
 
 _CSS = """
 body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
@@ -28,7 +28,7 @@ th{background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto;display:block;margin:6px 0}
 pre{background:#f7f7f7;border:1px solid #e6e6e6;border-radius:4px;padding:8px;overflow:auto;font-size:12px}
 pre.diff .a{color:#116329;background:#e6ffec}pre.diff .d{color:#82071e;background:#ffebe9}pre.diff .h{color:#6639ba}
-.kept{color:#1a7f37;font-weight:600}.superseded{color:#9a6700}.hurt{color:#82071e}.failed{color:#d62728}.muted{color:#777}
+.kept{color:#1a7f37;font-weight:600}.superseded{color:#9a6700}.hurt{color:#82071e}.failed{color:#d62728}.pruned{color:#8c6bb1}.muted{color:#777}
 .note{background:#fff8c5;border:1px solid #e6d87a;border-radius:4px;padding:8px 10px;margin:10px 0}
 .stop{border-left:4px solid #1f77b4;padding:6px 10px;background:#f3f8fc}
 """
@@ -63,7 +63,7 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
 
 def _outcome(text: str) -> str:
     cls = ("kept" if text in ("helped", "baseline") else "superseded" if text.startswith("superseded")
-           else "hurt" if text.startswith("hurt") else "failed")
+           else "hurt" if text.startswith("hurt") else "pruned" if text in ("pruned", "cancelled") else "failed")
     return f'<span class="{cls}">{_e(text)}</span>'
 
 
@@ -110,16 +110,16 @@ def render_html(ctx: ReportContext) -> str:
             change = "; ".join(_e(c.text) for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"
-            rows.append([str(v.cycle), change, _e(fmt(v.record.metric)) if v.record.metric is not None else "n/a",
-                         _e(_delta(v.delta)), _outcome(v.outcome)])
+            rows.append([str(v.cycle), change, _e(metric_cell(v.record, t.name)), _e(_delta(v.delta)), _outcome(v.outcome)])
         parts.append("<h2>What worked, what hurt</h2><p class=muted>Each cycle against the version it was built on, the best when it started.</p>"
                      + _table(["cycle", "change vs its base", name, "Δ vs base", "outcome"], rows, {0, 2, 3}))
         agg = lessons(ctx.views)
         if agg:
-            parts.append("<h3>By kind of change</h3>" + _table(
-                ["param", "change", "tried", "helped", "hurt", "failed", "mean Δ"],
-                [[_e(r["param"]), _e(r["change"]), str(r["tried"]), str(r["helped"]), str(r["hurt"]), str(r["failed"]),
-                  _e(_delta(r["mean_delta"]))] for r in agg], {2, 3, 4, 5, 6}))
+            parts.append("<h3>By kind of change</h3><p class=muted>pruned: stopped early, by a pruner or a stop; not a failure.</p>"
+                         + _table(["param", "change", "tried", "helped", "hurt", "failed", "pruned", "mean Δ"],
+                                  [[_e(r["param"]), _e(r["change"]), str(r["tried"]), str(r["helped"]), str(r["hurt"]),
+                                    str(r["failed"]), str(r["pruned"]), _e(_delta(r["mean_delta"]))] for r in agg],
+                                  {2, 3, 4, 5, 6, 7}))
     if ctx.tree:
         parts.append(f"<h2>Version tree</h2><p class=muted>Each cycle under the version its code derives from.</p><pre>{_e(ctx.tree)}</pre>")
     kept = [v for v in ctx.views if v.record.kept]
@@ -143,18 +143,20 @@ def render_html(ctx: ReportContext) -> str:
                  f"{ctx.tokens} tokens · ${ctx.cost_usd:.4f}</p>"
                  + _img(ctx, "time", "seconds per cycle"))
     rows = []
-    for v in ctx.views:
+    for v in ctx.in_cycle_order:
         r = v.record
         status = r.result.status_text()
-        rows.append([str(r.cycle), _e(status), _e(f"{r.metric:.6g}") if r.metric is not None else "n/a", "<span class=kept>kept</span>" if r.kept else _e(r.verdict),
+        rows.append([str(r.cycle), _e(status), _e(metric_cell(r, t.name, ".6g")), "<span class=kept>kept</span>" if r.kept else _e(r.verdict),
                      _e(r.analysis.diagnosis if r.analysis else ""), f"{r.result.duration_s:.1f}", str(r.tokens_used),
                      f"{r.cost_usd:.4f}", _e(_fmt_params(v.params))])
     parts.append("<h2>Cycles</h2>" + _table(["cycle", "status", name, "verdict", "diagnosis", "seconds", "tokens", "cost $", "params"], rows, {0, 2, 5, 6, 7}))
-    failed = [v.record for v in ctx.views if v.record.metric is None and v.record.result.message]
-    if failed:
-        parts.append("<h2>Failures</h2><ul>" + "".join(
-            f"<li>cycle {r.cycle}: {_e(r.result.status.value)} ({_e(r.result.failure.value)}): {_e(r.result.message.splitlines()[0])}</li>"
-            for r in failed) + "</ul>")
+    for title, category in (("Failures", "failed"), ("Stopped early", "pruned")):
+        listed = [v.record for v in ctx.in_cycle_order if v.category == category and v.record.result.message]
+        if listed:
+            parts.append(f"<h2>{title}</h2><ul>" + "".join(
+                f"<li>cycle {r.cycle}: " + (_e(r.result.message.splitlines()[0]) if category == "pruned"
+                                            else f"{_e(r.result.status_text())}: {_e(r.result.message.splitlines()[0])}") + "</li>"
+                for r in listed) + "</ul>")
     if ctx.board:
         parts.append("<h2>Leaderboard</h2>" + _table(["rank", "cycle", name, "params"], [
             [str(b["rank"]), str(b["cycle"]), _e(f"{b['metric']:.6g}"), _e(_fmt_params(b["params"]))] for b in ctx.board], {0, 1, 2}))

@@ -52,7 +52,21 @@ def test_median_pruner_stops_doomed_trials_which_keep_partial_metrics(exp) -> No
     events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
     ended = {e["cycle"]: e["status"] for e in events if e["kind"] == "trial_ended"}
     assert {r["cycle"]: ended[r["cycle"]] for r in pruned} == {r["cycle"]: "pruned" for r in pruned}
-    assert "trial pruned in " in proc.stdout and "   pruned · pruned" in proc.stdout and "(none)" not in proc.stdout
+    assert "trial pruned in " in proc.stdout and "(none)" not in proc.stdout and "pruned · pruned" not in proc.stdout
+    for r in pruned:  # the plain line says where it stopped and what it had reached, not "pruned · pruned"
+        step, part = r["result"]["stopped_at_step"], r["result"]["metrics"]["val_accuracy"]
+        assert f"   pruned at step {step} · val_accuracy: {part:.4f} when stopped" in proc.stdout
+    # The report lists them as stopped early, with the value they reached, and not as failures.
+    md = (root / "reports" / "final_report.md").read_text()
+    assert "## Failures" not in md
+    early = md.split("## Stopped early")[1].split("## ")[0]
+    assert [line.split(":")[0] for line in early.strip().splitlines()] == [f"- cycle {r['cycle']}" for r in pruned]
+    for r in pruned:
+        part = r["result"]["metrics"]["val_accuracy"]
+        assert f"| {r['cycle']} | pruned (step {r['result']['stopped_at_step']}) | {part:.6g} (partial) | pruned |" in md
+    kinds = md.split("By kind of change")[1].split("\n\n")[1]
+    assert kinds.splitlines()[0] == "| param | change | tried | helped | hurt | failed | pruned | mean Δ |"
+    assert all(row.split("|")[6].strip() == "0" for row in kinds.splitlines()[2:])  # failed: none
 
 
 def test_a_trial_that_ignores_the_stop_request_is_terminated_after_the_grace(exp) -> None:  # type: ignore[no-untyped-def]

@@ -107,6 +107,8 @@ def test_the_report_of_parallel_cycles_lists_them_in_order_and_does_not_split_th
     assert [line.split("|")[1].strip() for line in worked.splitlines() if line.startswith("| ") and line[2].isdigit()] == ["2", "3"]
     assert "| 2 | lr 0.01 → 0.005 | 0.55 | +0.05 | superseded (beat its base, not the best when recorded) |" in worked
     assert '<span class="superseded">superseded' in files.html.read_text()
+    table = md.split("## Cycles")[1].split("## ")[0]  # recorded 1, 3, 2: listed by cycle number
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()] == ["1", "2", "3"]
     assert "(trials 7.5 s in all, up to 2 at once)" in md and "loop and agent" not in md  # 3 x 2.5 s in 4 s
 
 
@@ -121,11 +123,11 @@ def test_params_json_is_what_the_trial_ran_with(tmp_path: Path) -> None:
 
 def test_lessons_count_what_each_kind_of_change_did(tmp_path: Path) -> None:
     rows = {(r["param"], r["change"]): r for r in lessons(cycle_views(RUN, _cfg(tmp_path), tmp_path))}
-    down = rows[("lr", "decrease")]  # cycles 2 (helped), 3 (hurt), 5 (pruned: no score)
-    assert (down["tried"], down["helped"], down["hurt"], down["failed"]) == (3, 1, 1, 1)
+    down = rows[("lr", "decrease")]  # cycles 2 (helped), 3 (hurt), 5 (pruned: stopped early, not failed)
+    assert (down["tried"], down["helped"], down["hurt"], down["failed"], down["pruned"]) == (3, 1, 1, 0, 1)
     assert down["mean_delta"] == pytest.approx((0.1 - 0.05) / 2)
     up = rows[("lr", "increase")]  # cycle 4 crashed
-    assert (up["helped"], up["hurt"], up["failed"]) == (0, 0, 1) and up["mean_delta"] is None
+    assert (up["helped"], up["hurt"], up["failed"], up["pruned"]) == (0, 0, 1, 0) and up["mean_delta"] is None
     assert rows[("opt", "= adam")]["helped"] == 1 and rows[("opt", "= adam")]["hurt"] == 1
 
 
