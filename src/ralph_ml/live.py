@@ -239,16 +239,23 @@ def fmt_s(s: float) -> str:
     return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
 
 
+STOPPED_EARLY = ("pruned", "cancelled")  # verdicts of trials stopped before their end: not failures
+
+
 def verdict_label(v: str) -> str:
+    if v in STOPPED_EARLY:
+        return f"▽ {v}"
     return {"kept": "✓ kept", "discarded": "discarded", "below_gate": "below gate"}.get(v, f"✗ {v}")
 
 
 def verdict_style(v: str) -> str:
+    if v in STOPPED_EARLY:
+        return "magenta"
     return {"kept": "green", "discarded": "grey58", "below_gate": "yellow"}.get(v, "red")
 
 
 def bar_chart(view: RunView, width: int, height: int = 4) -> Table:
-    """The metric of each cycle as unicode bars (kept green, discarded grey, failed ×)."""
+    """The metric of each cycle as unicode bars (kept green, discarded grey, failed ×, pruned ▽)."""
     avail = max(1, width - 10)
     rows = [view.rows[c] for c in sorted(view.rows)][-avail:]
     cell, gap = (2, " ") if len(rows) * 3 <= avail else ((1, " ") if len(rows) * 2 <= avail else (1, ""))
@@ -280,7 +287,8 @@ def bar_chart(view: RunView, width: int, height: int = 4) -> Table:
         floor = (height - 1 - line) * 8
         for r, lv in zip(rows, levels):
             if lv is None:
-                text.append(("×" if line == height - 1 else " ").ljust(cell), style="red")
+                mark = "▽" if r.verdict in STOPPED_EARLY else "×"
+                text.append((mark if line == height - 1 else " ").ljust(cell), style=verdict_style(r.verdict))
                 text.append(gap)
                 continue
             else:
@@ -379,7 +387,8 @@ def _cycles(view: RunView, width: int, table_rows: int) -> Panel:
     legend = Text()
     legend.append("█ kept ", style="green")
     legend.append("█ discarded ", style="grey58")
-    legend.append("× failed", style="red")
+    legend.append("× failed ", style="red")
+    legend.append("▽ pruned", style="magenta")
     body.append(legend)
     t = Table(box=None, padding=(0, 1), show_edge=False, header_style="dim")
     t.add_column("#", justify="right")
