@@ -224,6 +224,42 @@ def test_a_cycle_stopped_at_the_target_says_so_in_the_table(tmp_path: Path, dash
         assert "stopped at the target (step 6)" in text and "0.9030" in text, text
 
 
+# The final quality depends on x; the baseline (x = 0.7) has the best curve, and with the median
+# pruner the cycles after it are stopped early at a step where they trail it.
+DOOMED = """
+import math, time
+from ralph_ml import trial
+p = trial.params({"x": 0.7})
+top = 1 - (p["x"] - 0.7) ** 2
+for step in range(20):
+    acc = top * (1 - math.exp(-(step + 1) / 3))
+    if trial.report(step, val_accuracy=acc):
+        break
+    time.sleep(0.03)
+trial.log_metrics(val_accuracy=acc)
+"""
+
+
+def test_a_pruned_cycle_is_drawn_as_stopped_early_with_the_value_it_reached(tmp_path: Path, dashboard: Any) -> None:
+    root = make_experiment(tmp_path / "exp", DOOMED, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.7}},
+                           safeguards={"max_cycles": 5, "no_improvement_stop_cycles": 10},
+                           extra={"pruning": {"pruner": "median", "n_startup_trials": 1, "n_warmup_steps": 3}})
+    assert ralph(root, "start").returncode == 2
+    pruned = [r for r in recorded(root) if r["verdict"] == "pruned"]
+    assert pruned, [(r["cycle"], r["verdict"]) for r in recorded(root)]
+    with _page(dashboard(root)) as page:
+        for r in pruned:
+            text = _wait(lambda: _row_text(page, r["cycle"]), 15, f"cycle {r['cycle']} in the page's table")
+            part = r["result"]["metrics"]["val_accuracy"]
+            assert f"▽ pruned at step {r['result']['stopped_at_step']}" in text and "stopped at the target" not in text, text
+            assert f"{part:.4f} (partial)" in text, text
+        marks = page.eval_on_selector_all("#metric-points text", "els => els.map(e => [e.getAttribute('class'), e.firstChild.textContent, e.querySelector('title').textContent])")
+        assert [m[:2] for m in marks] == [["mark-stopped", "▽"]] * len(pruned), marks  # none drawn as failed (✕)
+        r = pruned[0]
+        assert marks[0][2] == f"cycle {r['cycle']} · pruned, reached {r['result']['metrics']['val_accuracy']:.4f}", marks
+        assert page.query_selector(f'#cycles tbody tr[data-cycle="{pruned[0]["cycle"]}"] .badge.b-stopped') is not None
+
+
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 

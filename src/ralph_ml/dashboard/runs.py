@@ -83,18 +83,20 @@ class JournalTail:
             elif ev.get("type") == "cycle_started" and isinstance(ev.get("cycle"), int):
                 self.started.add(ev["cycle"])
             elif ev.get("type") == "cycle_recorded" and isinstance(ev.get("record"), dict):
-                row = cycle_row(ev["record"])
+                row = cycle_row(ev["record"], (self.run.get("target") or {}).get("name"))
                 self.cycles.setdefault(row["cycle"], row)  # never twice, whatever the file says
         self.offset += end
 
 
-def cycle_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """The page's view of a recorded cycle (small: no patch, no full analysis)."""
+def cycle_row(rec: dict[str, Any], target: str | None = None) -> dict[str, Any]:
+    """The page's view of a recorded cycle (small: no patch, no full analysis). ``partial``: for a
+    trial stopped early (pruned, cancelled), the value of the ``target`` metric it had reached."""
     res = rec.get("result") or {}
     prop = rec.get("proposal") or {}
     analysis = rec.get("analysis") or {}
     metric = rec.get("metric")
     message = str(res.get("message") or "").strip().splitlines()
+    partial = (res.get("metrics") or {}).get(target) if target and rec.get("verdict") in ("pruned", "cancelled") else None
     return {
         "cycle": int(rec["cycle"]),
         "metric": metric if isinstance(metric, (int, float)) else None,
@@ -103,6 +105,8 @@ def cycle_row(rec: dict[str, Any]) -> dict[str, Any]:
         "status": res.get("status", ""),
         "failure": res.get("failure", "none"),
         "stopped_at_step": res.get("stopped_at_step") if res.get("stopped_by") == "target" else None,
+        "pruned_at_step": res.get("stopped_at_step") if res.get("stopped_by") == "pruner" else None,
+        "partial": partial if isinstance(partial, (int, float)) and math.isfinite(partial) else None,
         "duration_s": round(max(0.0, float(res.get("ended_at", 0.0)) - float(res.get("started_at", 0.0))), 2),
         "params": prop.get("params") or {},
         "patch": bool(prop.get("patch")),
