@@ -187,28 +187,32 @@ def rank() -> int:
     """This process's rank in a distributed trial, 0 when it runs alone: ``torch.distributed``'s
     when it is initialized, else JAX's (``jax.process_index()`` once ``jax.distributed`` is
     initialized, as ``keras.distribution.initialize`` does on the JAX backend), else the
-    launcher's (``RANK`` of torchrun, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``, ``SLURM_PROCID``
-    of srun)."""
-    return _process_number("get_rank", "process_index", ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"), 0)
+    MPI's (``COMM_WORLD`` once ``mpi4py.MPI`` is imported), else the launcher's (``RANK`` of
+    torchrun, ``OMPI_COMM_WORLD_RANK``, ``PMI_RANK``, ``SLURM_PROCID`` of srun)."""
+    return _process_number("get_rank", "process_index", "Get_rank", ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"), 0)
 
 
 def world_size() -> int:
     """How many processes the trial runs as, 1 when it runs alone: ``torch.distributed``'s
     world size when it is initialized, else ``jax.process_count()`` once ``jax.distributed``
-    is, else the launcher's (``WORLD_SIZE`` of torchrun, ``OMPI_COMM_WORLD_SIZE``,
-    ``PMI_SIZE``, ``SLURM_NTASKS`` of srun). Asks no other process."""
-    return _process_number("get_world_size", "process_count", ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"), 1)
+    is, else MPI's ``COMM_WORLD`` size once ``mpi4py.MPI`` is imported, else the launcher's
+    (``WORLD_SIZE`` of torchrun, ``OMPI_COMM_WORLD_SIZE``, ``PMI_SIZE``, ``SLURM_NTASKS`` of
+    srun). Asks no other process."""
+    return _process_number("get_world_size", "process_count", "Get_size", ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"), 1)
 
 
-def _process_number(torch_fn: str, jax_fn: str, launcher_vars: tuple[str, ...], alone: int) -> int:
-    """A rank or a size: from torch.distributed, else jax.distributed, else the first launcher
-    variable that holds one (a size must be at least 1), else ``alone``."""
+def _process_number(torch_fn: str, jax_fn: str, mpi_fn: str, launcher_vars: tuple[str, ...], alone: int) -> int:
+    """A rank or a size: from torch.distributed, else jax.distributed, else MPI, else the first
+    launcher variable that holds one (a size must be at least 1), else ``alone``."""
     dist = _torch_distributed()
     if dist is not None:
         return int(getattr(dist, torch_fn)())
     jax = _jax_distributed()
     if jax is not None:
         return int(getattr(jax, jax_fn)())
+    mpi = _mpi()
+    if mpi is not None:
+        return int(getattr(mpi.COMM_WORLD, mpi_fn)())
     for var in launcher_vars:
         raw = os.environ.get(var, "").strip()
         if raw.isdigit() and int(raw) >= alone:
@@ -220,8 +224,10 @@ def any_process(flag: bool) -> bool:
     """``flag`` or-ed over every process of the trial, so that all of them stop at the same
     step (one that stops alone leaves the others waiting at their next gradient sync): over
     the ``torch.distributed`` group when it is initialized, else over the processes of
-    ``jax.distributed``. A collective: every process must call it at the same point. Without
-    either (one process, or another framework) it returns ``flag``."""
+    ``jax.distributed``, else over MPI's ``COMM_WORLD`` when the trial imported ``mpi4py.MPI``
+    (``mpiexec -n 4 python train.py``; Horovod on MPI). A collective: every process must call
+    it at the same point. Without any of them (one process, or another framework) it returns
+    ``flag``."""
     dist = _torch_distributed()
     if dist is not None:
         if dist.get_world_size() == 1:
@@ -236,6 +242,9 @@ def any_process(flag: bool) -> bool:
         np = sys.modules["numpy"]  # loaded: jax is (numpy is a dependency of jax)
         multihost_utils = importlib.import_module("jax.experimental.multihost_utils")
         return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
+    mpi = _mpi()
+    if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
+        return bool(mpi.COMM_WORLD.allreduce(bool(flag), op=mpi.LOR))
     return flag
 
 
@@ -255,6 +264,18 @@ def _jax_distributed() -> Any | None:
     if jax is None or is_initialized is None or not is_initialized():
         return None
     return jax
+
+
+def _mpi() -> Any | None:
+    """``mpi4py.MPI`` when the trial imported it and MPI is initialized and not finalized (never
+    imports it: ``from mpi4py import MPI`` initializes MPI, which a plain trial must not do)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    try:
+        if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+            return None
+    except AttributeError:  # a partly imported module
+        return None
+    return mpi
 
 
 def report(step: int, /, **metrics: float) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from conftest import make_experiment, ralph, recorded
 
 pytestmark = pytest.mark.slow
 
@@ -614,6 +615,46 @@ def test_keras_on_two_jax_processes_agrees_on_a_stop_request_every_sync_every_ba
     assert outs == [{"epochs": 1, "backend": "jax", "batches": 5, "world": 2}] * 2, outs
     rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # epoch 1 still ends (validation, report) before the stop
+
+
+# --------------------------------------------------------------------------- two MPI processes
+
+MPI_TWO = """
+import json, os
+from mpi4py import MPI
+from ralph_ml import trial
+from ralph_ml.adapters.loops import trial_steps
+
+comm = MPI.COMM_WORLD
+rank = trial.rank()
+done = []
+with trial_steps(10) as steps:
+    for step in steps:
+        # A cross-process exchange every step, as a gradient sync: a process that stopped alone
+        # would leave the other waiting here until the cycle's time limit.
+        seen = comm.allreduce(step)
+        steps.report(val_accuracy=0.99 if rank == 0 and step >= 2 else 0.5, seen=seen)
+        done.append(step)
+out = {"done": done, "rank": rank, "world": trial.world_size(), "mpi_rank": comm.Get_rank()}
+open(os.path.join(os.environ["RALPH_RUN_DIR"], f"out_{rank}.json"), "w").write(json.dumps(out))
+"""
+
+
+def test_a_plain_loop_on_two_mpi_processes_stops_them_together_as_a_loop_cycle(tmp_path: Path) -> None:
+    """`train_cmd = "mpiexec -n 2 python train.py"` through the real loop: process 0 meets the
+    target at step 2, and trial.any_process (MPI's allreduce) stops process 1 there too."""
+    pytest.importorskip("mpi4py")  # the dev extra installs mpi4py and MPICH (PyPI wheels, mpiexec included)
+    root = make_experiment(tmp_path / "exp", MPI_TWO, target=0.98, safeguards={"max_cycles": 2, "time_limit_per_cycle_minutes": 1},
+                           execution={"train_cmd": "mpiexec -n 2 python train.py"})
+    proc = ralph(root, "start", timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [rec] = recorded(root)
+    assert rec["result"]["status"] == "ok" and rec["metric"] == 0.99 and rec["result"]["stopped_at_step"] == 2
+    cycle = root / "runs" / "cycle_0001"
+    outs = [json.loads((cycle / f"out_{rank}.json").read_text()) for rank in (0, 1)]
+    assert outs == [{"done": [1, 2], "rank": r, "world": 2, "mpi_rank": r} for r in (0, 1)], outs
+    rows = [json.loads(line) for line in (cycle / "progress.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["seen"]) for r in rows] == [(1, 2), (2, 4)]  # process 0's rows; both took part in each exchange
 
 
 # name -> (script, extra environment); in the order the tests above use them.
