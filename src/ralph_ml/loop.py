@@ -817,7 +817,8 @@ class Loop:
                          else "the run stopped as this trial ended: its result is recorded as it is")
         recording.write_decision(f.cdir, record, d)
         assert self.journal is not None
-        self.journal.append(recording.journal_entry(record, d, self.elapsed_s))
+        entry = recording.journal_entry(record, d, self.elapsed_s)
+        self.journal.append(entry)
         self._apply(record)
         if self.pruner is not None:
             if not f.pruner_saw:
@@ -829,7 +830,7 @@ class Loop:
         if record.kept and f.commit and self.git is not None:
             self.git.mark_best(f.commit)
         self.write_state()
-        self.emit("cycle_recorded", recording.recorded_event(record, d, f.cdir))
+        self.emit("cycle_recorded", recording.recorded_event(record, d, f.cdir, entry["record"], entry["decision"]))
         return d
 
     def _tail(self, record: CycleRecord | None = None) -> list[CycleRecord]:

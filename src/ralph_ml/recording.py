@@ -119,8 +119,11 @@ def journal_entry(record: CycleRecord, d: Decision, elapsed_s: float) -> dict[st
     }
 
 
-def recorded_event(record: CycleRecord, d: Decision, cdir: Path) -> dict[str, Any]:
-    """The ``cycle_recorded`` event's data (read by the live view, the dashboard and the sinks)."""
+def recorded_event(record: CycleRecord, d: Decision, cdir: Path, record_dict: dict[str, Any] | None = None,
+                   decision_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``cycle_recorded`` event's data (read by the live view, the dashboard and the sinks).
+    ``record_dict``, ``decision_dict``: ``record.to_dict()`` and ``d.to_dict()`` when the caller
+    has them already (the journal entry's), to serialize each once per cycle."""
     result, analysis = record.result, record.analysis
     assert analysis is not None  # assess() always sets it
     return {
@@ -133,8 +136,8 @@ def recorded_event(record: CycleRecord, d: Decision, cdir: Path) -> dict[str, An
         "diagnosis": analysis.diagnosis,
         "recommendations": [r.to_dict() for r in analysis.recommendations[:2]],
         "message": result.message,
-        "decision": d.to_dict(),
-        "record": record.to_dict(),
+        "decision": d.to_dict() if decision_dict is None else decision_dict,
+        "record": record.to_dict() if record_dict is None else record_dict,
         "cycle_dir": str(cdir),
     }
 
