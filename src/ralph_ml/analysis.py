@@ -98,6 +98,11 @@ def analyze(
         notes.append(f"Stopped early: {result.message}. The partial metrics are kept in metrics.json.")
         recs.add("medium", "explore another region of the search space: this configuration was not going to win")
         return Analysis(diagnosis="pruned", summary=" ".join(notes), recommendations=recs.ranked())
+    if result.status is TrialStatus.CANCELLED:  # stopped from outside: nothing is known of the configuration
+        notes.append(f"Cancelled before it ended ({result.message}): the run was stopping. It says nothing about "
+                     "this configuration; its partial metrics are kept in metrics.json.")
+        recs.add("low", "run this configuration again to learn how it ends: it was cancelled, not beaten")
+        return Analysis(diagnosis="cancelled", summary=" ".join(notes), recommendations=recs.ranked())
     if result.status is not TrialStatus.OK or metric is None:
         failure = result.failure
         if failure is FailureClass.NAN or _diverged(progress):

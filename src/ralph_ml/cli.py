@@ -18,6 +18,7 @@ from rich.table import Table
 from . import control
 from .config import Config, find_config, load_config
 from .errors import ConfigError, RalphError, StateError
+from .records import STOPPED_EARLY
 
 app = typer.Typer(
     add_completion=False,
@@ -104,7 +105,7 @@ class LinePrinter:
             mark = {"kept": "[green]✓ kept[/]", "discarded": "discarded", "below_gate": "[yellow]below gate[/]"}.get(
                 d["verdict"], f"[red]{d['verdict']}[/]"
             )
-            if metric is None and d["verdict"] in ("pruned", "cancelled"):  # stopped early: not a failure
+            if metric is None and d["verdict"] in STOPPED_EARLY:  # not a failure
                 result = (d.get("record") or {}).get("result") or {}
                 step, part = result.get("stopped_at_step"), (result.get("metrics") or {}).get(name)
                 line = f"[magenta]{d['verdict']}[/]" + (f" at step {step}" if step is not None else "")

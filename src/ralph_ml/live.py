@@ -32,6 +32,7 @@ from rich.text import Text
 
 from .config import Config
 from .journal import cycle_folder, iter_events
+from .records import STOPPED_EARLY
 from .runfiles import Event, Progress, ProgressTail, progress_of, read_state, tail_lines
 
 log = logging.getLogger("ralph_ml.live")
@@ -237,9 +238,6 @@ def fmt_s(s: float) -> str:
     if s < 3600:
         return f"{int(s // 60)}m {int(s % 60):02d}s"
     return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
-
-
-STOPPED_EARLY = ("pruned", "cancelled")  # verdicts of trials stopped before their end: not failures
 
 
 def verdict_label(v: str) -> str:

@@ -22,6 +22,11 @@ class TrialStatus(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
+# Verdicts (and statuses) of trials stopped before their end, by a pruner or by the run stopping
+# (a manual stop, a stop rule, the total time limit): the configuration did not fail.
+STOPPED_EARLY = frozenset({TrialStatus.PRUNED.value, TrialStatus.CANCELLED.value})
+
+
 class FailureClass(str, enum.Enum):
     NONE = "none"
     CRASH = "crash"  # non-zero exit code

@@ -27,7 +27,7 @@ from .analysis import read_progress
 from .config import Config
 from .decision import best_of
 from .journal import Replay, cycle_folder, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
-from .records import CycleRecord, Direction
+from .records import STOPPED_EARLY, CycleRecord, Direction
 
 log = logging.getLogger("ralph_ml.report")
 
@@ -148,7 +148,7 @@ def metric_cell(record: CycleRecord, name: str, spec: str = ".4g") -> str:
     stopped early (pruned, cancelled) the value it had reached, marked partial."""
     if record.metric is not None:
         return format(record.metric, spec)
-    if record.verdict in ("pruned", "cancelled"):
+    if record.verdict in STOPPED_EARLY:
         v = record.result.metrics.get(name)
         if isinstance(v, (int, float)) and math.isfinite(v):
             return f"{format(v, spec)} (partial)"
@@ -199,7 +199,7 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
                       and best is not baseline)
         if r.kept:
             best = r
-        if r.verdict in ("pruned", "cancelled"):
+        if r.verdict in STOPPED_EARLY:
             category = "pruned"
         elif r.metric is None:
             category = "failed"

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__, charts
 from .journal import cycle_folder
+from .records import STOPPED_EARLY
 from .report import ReportContext, _delta, _fmt_params, fmt, lessons, metric_cell, stop_summary
 
 _CSS = """
@@ -63,7 +64,7 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
 
 def _outcome(text: str) -> str:
     cls = ("kept" if text in ("helped", "baseline") else "superseded" if text.startswith("superseded")
-           else "hurt" if text.startswith("hurt") else "pruned" if text in ("pruned", "cancelled") else "failed")
+           else "hurt" if text.startswith("hurt") else "pruned" if text in STOPPED_EARLY else "failed")
     return f'<span class="{cls}">{_e(text)}</span>'
 
 

@@ -63,6 +63,9 @@ def test_pause_unpause_and_stop_from_another_terminal(exp, tmp_path: Path) -> No
     assert rc == 0
     rec = recorded(root)[0]
     assert rec["result"]["status"] == "cancelled" and not rec["kept"]
+    # Cancelled from outside: the analysis does not blame the configuration (it said "failed")
+    assert rec["analysis"]["diagnosis"] == "cancelled", rec["analysis"]
+    assert "failed" not in (root / "runs" / "cycle_0001" / "analysis.md").read_text()
     d = json.loads((root / "runs" / "cycle_0001" / "decision.json").read_text())
     assert d["reason"] == "manual_stop"
     assert _state(root)["status"] == "stopped"

@@ -20,6 +20,7 @@ from typing import Any
 from ..config import CONFIG_NAMES, Config, load_config
 from ..errors import RalphError
 from ..journal import cycle_folder
+from ..records import STOPPED_EARLY
 from ..runfiles import ProgressTail, loop_alive, progress_of, read_state, tail_lines
 
 LOG_LINES = 60  # stdout lines of the running trial sent to the page
@@ -96,7 +97,7 @@ def cycle_row(rec: dict[str, Any], target: str | None = None) -> dict[str, Any]:
     analysis = rec.get("analysis") or {}
     metric = rec.get("metric")
     message = str(res.get("message") or "").strip().splitlines()
-    partial = (res.get("metrics") or {}).get(target) if target and rec.get("verdict") in ("pruned", "cancelled") else None
+    partial = (res.get("metrics") or {}).get(target) if target and rec.get("verdict") in STOPPED_EARLY else None
     return {
         "cycle": int(rec["cycle"]),
         "metric": metric if isinstance(metric, (int, float)) else None,
