@@ -199,7 +199,8 @@ class TrialResult(_Record):
     def status_text(self) -> str:
         """The status as the report's cycle tables show it: ``ok``, ``failed (crash)``,
         ``ok, stopped at the target (step 19)``, ``pruned (step 4)``."""
-        text = self.status.value + (f" ({self.failure.value})" if self.failure is not FailureClass.NONE else "")
+        shown = self.failure is not FailureClass.NONE and self.failure.value != self.status.value  # not "cancelled (cancelled)"
+        text = self.status.value + (f" ({self.failure.value})" if shown else "")
         if self.stopped_at_step is not None:
             text += f", stopped at the target (step {self.stopped_at_step})" if self.stopped_by == "target" else f" (step {self.stopped_at_step})"
         return text

@@ -109,6 +109,8 @@ class Change:
 
 
 _CATEGORY = {"kept": "kept", "discarded": "discarded", "below_gate": "below_gate"}
+# Verdicts of noise-aware keeps for a gain that did not hold: neither helped nor hurt.
+_UNPROVEN = {"noise": "noise (the gain did not clear the noise on re-run)", "unconfirmed": "unconfirmed (its re-run did not end)"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,11 @@ class CycleView:
         r = self.record
         if r.kept:
             return "baseline" if self.baseline is None else "helped"
+        if r.verdict in _UNPROVEN:
+            return _UNPROVEN[r.verdict]
         if r.metric is None:
+            if r.verdict in STOPPED_EARLY:
+                return r.verdict
             return f"failed ({r.result.failure.value})" if r.result.failure.value != "none" else r.verdict
         if r.verdict == "below_gate":
             return "hurt (below gate)"
@@ -196,7 +202,7 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
         # Beat its base by the run's own bar for a gain, but a best recorded meanwhile was better.
         gain = None if delta is None else (delta if cfg.target.dir.value == "maximize" else -delta)
         superseded = (not r.kept and gain is not None and gain > 0 and gain >= cfg.safeguards.min_improvement_delta
-                      and best is not baseline)
+                      and best is not baseline and r.verdict not in _UNPROVEN)
         if r.kept:
             best = r
         if r.verdict in STOPPED_EARLY:
@@ -218,11 +224,13 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
             continue
         for ch in v.changes:
             row = agg.setdefault((ch.name, ch.direction), {"param": ch.name, "change": ch.direction, "helped": 0, "hurt": 0,
-                                                           "failed": 0, "pruned": 0, "deltas": []})
+                                                           "failed": 0, "pruned": 0, "noise": 0, "deltas": []})
             if v.record.kept or v.superseded:  # a superseded change beat the version it was built on
                 row["helped"] += 1
             elif v.category == "pruned":  # stopped early (pruned, cancelled): it did not fail
                 row["pruned"] += 1
+            elif v.record.verdict in _UNPROVEN:  # a gain that did not hold on re-run
+                row["noise"] += 1
             elif v.record.metric is None:
                 row["failed"] += 1
             else:
@@ -232,11 +240,17 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
     rows = []
     for row in agg.values():
         d = row.pop("deltas")
-        row["tried"] = row["helped"] + row["hurt"] + row["failed"] + row["pruned"]
+        row["tried"] = row["helped"] + row["hurt"] + row["failed"] + row["pruned"] + row["noise"]
         row["mean_delta"] = sum(d) / len(d) if d else None
         rows.append(row)
     rows.sort(key=lambda r: (-r["helped"], r["hurt"] + r["failed"], r["param"], r["change"]))
     return rows
+
+
+def lesson_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The counts "by kind of change" shows: ``noise`` only for a run whose gains were re-run."""
+    cols = ["tried", "helped", "hurt", "failed", "pruned"]
+    return [*cols, "noise"] if any(r["noise"] for r in rows) else cols
 
 
 # --------------------------------------------------------------------------- the report
@@ -501,13 +515,13 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             lines.append(f"| {v.cycle} | {_cell(change)} | {metric_cell(v.record, t.name)} | {_delta(v.delta)} | {v.outcome} |")
         rows = lessons(ctx.views)
         if rows:
-            lines += ["", "By kind of change (pruned: stopped early, by a pruner or a stop; not a failure):", "",
-                      "| param | change | tried | helped | hurt | failed | pruned | mean Δ |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+            cols = lesson_columns(rows)
+            lines += ["", "By kind of change (pruned: stopped early, by a pruner or a stop; not a failure"
+                      + ("; noise: a gain that did not clear the noise on re-run" if "noise" in cols else "") + "):", "",
+                      "| param | change | " + " | ".join(cols) + " | mean Δ |", "|---|---|" + "---:|" * (len(cols) + 1)]
             for row in rows:
-                lines.append(
-                    f"| {_cell(row['param'])} | {_cell(row['change'])} | {row['tried']} | {row['helped']} | {row['hurt']} "
-                    f"| {row['failed']} | {row['pruned']} | {_delta(row['mean_delta'])} |"
-                )
+                lines.append(f"| {_cell(row['param'])} | {_cell(row['change'])} | " + " | ".join(str(row[c]) for c in cols)
+                             + f" | {_delta(row['mean_delta'])} |")
         lines.append("")
     if ctx.tree:
         lines += ["## Version tree", "", "Each cycle under the version its code derives from.", "", "```", ctx.tree, "```", ""]

@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__, charts
 from .journal import cycle_folder
 from .records import STOPPED_EARLY
-from .report import ReportContext, _delta, _fmt_params, fmt, lessons, metric_cell, stop_summary
+from .report import ReportContext, _delta, _fmt_params, fmt, lesson_columns, lessons, metric_cell, stop_summary
 
 _CSS = """
 body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
@@ -64,7 +64,8 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
 
 def _outcome(text: str) -> str:
     cls = ("kept" if text in ("helped", "baseline") else "superseded" if text.startswith("superseded")
-           else "hurt" if text.startswith("hurt") else "pruned" if text in STOPPED_EARLY else "failed")
+           else "hurt" if text.startswith("hurt") else "pruned" if text in STOPPED_EARLY
+           else "muted" if text.startswith(("noise", "unconfirmed")) else "failed")
     return f'<span class="{cls}">{_e(text)}</span>'
 
 
@@ -116,11 +117,13 @@ def render_html(ctx: ReportContext) -> str:
                      + _table(["cycle", "change vs its base", name, "Δ vs base", "outcome"], rows, {0, 2, 3}))
         agg = lessons(ctx.views)
         if agg:
-            parts.append("<h3>By kind of change</h3><p class=muted>pruned: stopped early, by a pruner or a stop; not a failure.</p>"
-                         + _table(["param", "change", "tried", "helped", "hurt", "failed", "pruned", "mean Δ"],
-                                  [[_e(r["param"]), _e(r["change"]), str(r["tried"]), str(r["helped"]), str(r["hurt"]),
-                                    str(r["failed"]), str(r["pruned"]), _e(_delta(r["mean_delta"]))] for r in agg],
-                                  {2, 3, 4, 5, 6, 7}))
+            cols = lesson_columns(agg)
+            note = "pruned: stopped early, by a pruner or a stop; not a failure" + (
+                "; noise: a gain that did not clear the noise on re-run" if "noise" in cols else "")
+            parts.append(f"<h3>By kind of change</h3><p class=muted>{note}.</p>"
+                         + _table(["param", "change", *cols, "mean Δ"],
+                                  [[_e(r["param"]), _e(r["change"]), *(str(r[c]) for c in cols), _e(_delta(r["mean_delta"]))]
+                                   for r in agg], set(range(2, len(cols) + 3))))
     if ctx.tree:
         parts.append(f"<h2>Version tree</h2><p class=muted>Each cycle under the version its code derives from.</p><pre>{_e(ctx.tree)}</pre>")
     kept = [v for v in ctx.views if v.record.kept]

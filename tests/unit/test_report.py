@@ -131,6 +131,21 @@ def test_lessons_count_what_each_kind_of_change_did(tmp_path: Path) -> None:
     assert rows[("opt", "= adam")]["helped"] == 1 and rows[("opt", "= adam")]["hurt"] == 1
 
 
+def test_gains_that_did_not_hold_and_cancelled_trials_are_neither_hurt_nor_failed(tmp_path: Path) -> None:
+    # Noise-aware keeps: cycle 2 beat the best on its first run, and its mean over seeds did not
+    # clear the noise; cycle 3 was cancelled as the run stopped.
+    records = [rec(1, {"lr": 0.01, "opt": "sgd"}, 0.50, "kept"),
+               replace(rec(2, {"lr": 0.02, "opt": "sgd"}, 0.52, "noise"), parent=1),
+               replace(rec(3, {"lr": 0.03, "opt": "sgd"}, None, "cancelled", status=TrialStatus.CANCELLED,
+                           failure=FailureClass.CANCELLED), parent=1)]
+    v = {x.cycle: x for x in cycle_views(records, _cfg(tmp_path), tmp_path / "no-runs")}
+    assert v[2].outcome == "noise (the gain did not clear the noise on re-run)" and not v[2].superseded
+    assert v[3].outcome == "cancelled" and v[3].category == "pruned"
+    up = {(r["param"], r["change"]): r for r in lessons(list(v.values()))}[("lr", "increase")]
+    assert (up["tried"], up["helped"], up["hurt"], up["failed"], up["pruned"], up["noise"]) == (2, 0, 0, 0, 1, 1)
+    assert records[2].result.status_text() == "cancelled"  # not "cancelled (cancelled)"
+
+
 def _synthetic_run(cfg: Config, n: int, steps: int) -> None:
     """A journal, events and cycle folders as the loop writes them, for n cycles."""
     state, runs = cfg.path(cfg.paths.state), cfg.path(cfg.paths.runs)
