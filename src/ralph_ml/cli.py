@@ -99,6 +99,17 @@ class LinePrinter:
             p(f"   {self._lead(d)}trial {d['status']} in {d['duration_s']:.1f} s")
         elif kind == "manual":
             p(f"└─ Manual {d['action']} honoured")
+        elif kind == "noise":  # the cycle re-run with other seeds (noise-aware keeps)
+            reps = d.get("repeats") or []
+            if not reps:
+                p(f"   {self._lead(d)}re-run with another seed did not end: the gain is unconfirmed")
+            else:
+                seed = self.cfg.project.seed  # the repeats ran with seed + 1, seed + 2, ...
+                seeds = ", ".join(str(seed + k) for k in range(len(reps) + 1))
+                runs = ", ".join(f"{v:.4f}" for v in [d["first"], *reps])
+                sigma = d.get("noise_std")
+                p(f"   {self._lead(d)}seeds {seeds}: {runs} → mean {d['mean']:.4f}"
+                  + (f" (run-to-run noise σ {sigma:.4g})" if isinstance(sigma, (int, float)) else ""))
         elif kind == "cycle_recorded":
             name = self.cfg.target.name
             metric = d["metric"]

@@ -30,6 +30,10 @@ def test_a_lucky_seed_is_recorded_as_noise(exp) -> None:  # type: ignore[no-unty
     assert base["kept"] and base["verdict"] == "kept"
     assert lucky["result"]["repeats"][0] == 0.71  # looked like +0.21 on one seed ...
     assert lucky["verdict"] == "noise" and not lucky["kept"]  # ... and vanished on re-run
+    # The plain output shows each re-run, so the verdict is explained where it is given.
+    assert "   seeds 0, 1, 2: 0.5000, 0.4500, 0.5500 → mean 0.5000" in proc.stdout, proc.stdout
+    assert "   seeds 0, 1, 2: 0.7100, 0.4600, 0.5600 → mean 0.5767 (run-to-run noise σ" in proc.stdout
+    assert "   val_accuracy: 0.5767 · noise" in proc.stdout
     for seed in (1, 2):
         assert (root / "runs" / "cycle_0002" / "repeats" / f"seed_{seed}" / "logs" / "stdout.log").exists()
     st = json.loads(ralph(root, "status", "--json", check=True).stdout)
@@ -74,13 +78,15 @@ def test_repeats_run_on_the_cycles_gpus_and_a_gain_whose_repeat_fails_is_unconfi
     root = exp(POOL_TRIAL, target=1.5, space={"x": {"type": "categorical", "choices": [0.0, 0.3], "default": 0.0}},
                safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 5},
                execution={"gpus": [3, 5], "gpus_per_trial": 1}, extra=NOISE)
-    assert ralph(root, "start").returncode == 2
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     base, candidate = recorded(root)
     assert base["kept"] and len(base["result"]["repeats"]) == 3
     seen = {p.parent.name: p.read_text() for p in (root / "runs" / "cycle_0001").rglob("gpus.txt")}
     assert seen == {"cycle_0001": "3", "seed_1": "3", "seed_2": "3"}  # the repeats ran on the cycle's GPU
     # +0.3 on its first seed, then its confirmation repeat crashed: not kept on one run's word
     assert candidate["metric"] == 0.8 and not candidate["kept"] and candidate["verdict"] == "unconfirmed"
+    assert "re-run with another seed did not end: the gain is unconfirmed" in proc.stdout, proc.stdout
     st = json.loads(ralph(root, "status", "--json", check=True).stdout)
     assert st["best"]["cycle"] == 1
 
