@@ -243,13 +243,14 @@ def fmt_s(s: float) -> str:
 def verdict_label(v: str) -> str:
     if v in STOPPED_EARLY:
         return f"▽ {v}"
-    return {"kept": "✓ kept", "discarded": "discarded", "below_gate": "below gate"}.get(v, f"✗ {v}")
+    return {"kept": "✓ kept", "discarded": "discarded", "below_gate": "below gate", "noise": "≈ noise",
+            "unconfirmed": "≈ unconfirmed"}.get(v, f"✗ {v}")
 
 
 def verdict_style(v: str) -> str:
     if v in STOPPED_EARLY:
         return "magenta"
-    return {"kept": "green", "discarded": "grey58", "below_gate": "yellow"}.get(v, "red")
+    return {"kept": "green", "discarded": "grey58", "below_gate": "yellow", "noise": "grey58", "unconfirmed": "grey58"}.get(v, "red")
 
 
 def bar_chart(view: RunView, width: int, height: int = 4) -> Table:

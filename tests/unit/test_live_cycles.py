@@ -18,12 +18,13 @@ def test_pruned_and_failed_cycles_are_told_apart(tmp_path: Path) -> None:
     view = RunView(state_dir=tmp_path, runs_dir=tmp_path, project="p", target_name="val_accuracy",
                    target_value=0.99, maximize=True, max_cycles=10, started=True, cycle=4)
     for row in (_row(1, 0.6, "kept", "ok"), _row(2, None, "failed", "failed"), _row(3, None, "pruned", "pruned"),
-                _row(4, 0.7, "kept", "ok")):
+                _row(4, 0.7, "kept", "ok"), _row(5, 0.71, "noise", "ok")):
         view.rows[row.cycle] = row
     console = Console(record=True, width=100, height=40, color_system="truecolor")
     console.print(render_view(view, 100, 40, now=0.0))
     text = console.export_text()
     assert "▽ pruned" in text and "✗ pruned" not in text and "✗ failed" in text
+    assert "≈ noise" in text and "✗ noise" not in text  # a gain that did not hold on re-run is no failure
     assert "× failed" in text and "▽ pruned" in text.split("× failed")[1].splitlines()[0]  # the legend
     bars = next(line for line in text.splitlines() if "×" in line and "failed" not in line)
     assert bars.index("×") < bars.index("▽")  # cycle 2 failed, cycle 3 pruned, on the chart's bottom row
