@@ -9,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import journal_events, ralph, ralph_bg, recorded
 
 COUNTING = """
@@ -130,3 +131,56 @@ def test_random_sigkills_never_lose_or_duplicate_a_cycle(exp, tmp_path: Path) ->
     assert len(runs) <= n + kills, f"{len(runs)} executions of {n} cycles with {kills} kills"
     stopped = [e for e in journal_events(root) if e["type"] == "run_stopped"]
     assert stopped[-1]["decision"]["reason"] == "max_cycles"
+
+
+# The first attempt starts a helper in its process group and one that left it (as a data loader
+# or a launcher may), then trains for a minute; an attempt run again ends at once.
+HELPERS = """
+import json, os, subprocess, time
+marker = os.environ["ATTEMPT_MARKER"]
+first = not os.path.exists(marker)
+open(marker, "a").close()
+if first:
+    group = subprocess.Popen(["sleep", "60"])
+    escaped = subprocess.Popen(["sleep", "61"], start_new_session=True)  # carries the trial's token
+    pids = {"trial": os.getpid(), "group": group.pid, "escaped": escaped.pid}
+    json.dump(pids, open(os.path.join(os.environ["RALPH_RUN_DIR"], "pids.json"), "w"))
+    time.sleep(60)
+print("val_accuracy: 0.5")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_a_loop_killed_with_sigkill_takes_its_trials_down_without_a_resume(exp, tmp_path: Path, warm: bool) -> None:  # type: ignore[no-untyped-def]
+    """Before, a trial of a loop killed with kill -9 trained on to its end (holding its GPUs),
+    though a resume runs it again: the sentinel stops it, its group and what left the group."""
+    marker = tmp_path / "attempted"
+    root = exp(HELPERS, target=1.5, safeguards={"max_cycles": 1},
+               execution={"env": {"ATTEMPT_MARKER": str(marker)}, **({"preload": ["json"]} if warm else {})})
+    proc = ralph_bg(root, "start")
+    pids_file = root / "runs" / "cycle_0001" / "pids.json"
+    deadline = time.monotonic() + 60
+    while not pids_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert pids_file.exists(), proc.communicate(timeout=5)
+    time.sleep(0.2)  # pids.json is written whole before the trial sleeps
+    pids = json.loads(pids_file.read_text())
+    assert all(_alive(p) for p in pids.values()), pids
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [name for name, p in pids.items() if _alive(p)], "still running after the loop died"
+    assert "the loop ended; killed" in proc.stderr.read()  # type: ignore[union-attr]
+    res = ralph(root, "resume")  # the trial runs again, once, and ends at once
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Recovered cycle 1: re-run" in res.stdout
+    _check_ledger(root, 1)

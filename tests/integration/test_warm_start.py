@@ -192,7 +192,12 @@ def test_after_the_loop_dies_a_warm_orphan_is_stopped_and_run_again(tmp_path: Pa
     spec = make_spec(tmp_path, f"{PY} train.py", files={"train.py": HANG_PY, "hang.sh": HANG_SH})
     ex.submit(spec)
     pids = read_pids(tmp_path / "pids", 5, 30)
-    ex.close()  # the loop is gone (its server exits with it); the trial, in its own session, is not
+    # Everything of the loop is gone, its sentinel too (which would stop the trial: see
+    # test_crash_resume), and its server exits with it; the trial, in its own session, is not.
+    assert ex._sentinel is not None
+    ex._sentinel.kill()
+    ex._sentinel.wait()
+    ex.close()
     assert all(alive(p) for p in pids)
     assert LocalExecutor().recover(Path(spec.cycle_dir)) is None  # nothing to collect: run it again
     wait_for(lambda: not any(alive(p) for p in pids), 10, "the orphaned trial and its children killed")

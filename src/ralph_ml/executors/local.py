@@ -24,6 +24,7 @@ import secrets
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -227,13 +228,43 @@ class LocalExecutor(Executor):
         self.warm: WarmStarter | None = None
         if preload:
             self.warm = WarmStarter(preload, workspace=workspace, log_path=preload_log)
+        self._sentinel: subprocess.Popen[bytes] | None = None  # started with the first trial
+        self._sentinel_lock = threading.Lock()
 
     def submit(self, spec: TrialSpec) -> LocalTrialHandle:
-        return LocalTrialHandle(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern, warm=self.warm)
+        handle = LocalTrialHandle(spec, kill_grace_s=self.kill_grace_s, metrics_pattern=self.metrics_pattern, warm=self.warm)
+        self._watch(handle.cycle_dir)
+        return handle
+
+    def _watch(self, cycle_dir: Path) -> None:
+        """Tell the sentinel (``ralph_ml._sentinel``) about a trial: if this process dies, it
+        stops the trial's processes. Fail soft: without it, ``resume`` still reaps them."""
+        with self._sentinel_lock:
+            try:
+                if self._sentinel is None:
+                    self._sentinel = subprocess.Popen(
+                        [sys.executable, "-m", "ralph_ml._sentinel"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        start_new_session=True,  # not in the loop's terminal group: Ctrl-C is the loop's
+                    )
+                assert self._sentinel.stdin is not None
+                self._sentinel.stdin.write(os.fsencode(cycle_dir) + b"\n")
+                self._sentinel.stdin.flush()
+            except (OSError, ValueError) as exc:
+                log.warning("the sentinel that stops trials if the loop dies is not running (%s); "
+                            "after a crash of the loop, `ralph-ml resume` stops them", exc)
 
     def close(self) -> None:
         if self.warm is not None:
             self.warm.close()
+        with self._sentinel_lock:
+            sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:  # its stdin's EOF: it stops what did not finish (nothing, after a clean stop)
+            try:
+                if sentinel.stdin is not None:
+                    sentinel.stdin.close()
+                sentinel.wait(30)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.warning("the trial sentinel did not exit: %s", exc)
 
 
 class LocalTrialHandle(TrialHandle):
