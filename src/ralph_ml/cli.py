@@ -389,7 +389,11 @@ def status(
     bud = data["budgets"]
     sg = data["safeguards"]
     t.add_row("cycles", f"{bud['cycles_used']} used, {bud['cycles_left']} left (max {sg['max_cycles']})")
-    t.add_row("no improvement", f"{bud['no_improvement_streak']} of {sg['no_improvement_stop_cycles']} cycles (min delta {sg['min_improvement_delta']})")
+    streak, limit = bud["no_improvement_streak"], sg["no_improvement_stop_cycles"]
+    # With cycles in flight, one recorded after the plateau stop makes the streak pass the limit.
+    delta = f"min delta {sg['min_improvement_delta']}"
+    t.add_row("no improvement", f"{streak} of {limit} cycles ({delta})" if streak <= limit
+              else f"{streak} cycles ({delta}; the plateau rule stops at {limit})")
     rules = [f"target {tgt['name']} {op} {tgt['value']}", f"max {sg['max_cycles']} cycles",
              f"plateau after {sg['no_improvement_stop_cycles']} cycles < {sg['min_improvement_delta']}",
              f"circuit breaker after {sg['max_consecutive_failures']} identical failures",

@@ -233,3 +233,23 @@ def test_a_trial_re_run_after_a_crash_builds_on_the_version_it_started_on(exp, t
     third = recorded(root)[2]
     assert third["cycle"] == 3 and third["parent"] == 1  # not cycle 2, the best when it was re-run
     assert json.loads((root / "runs" / "cycle_0003" / "version.json").read_text())["parent"] == 1
+
+
+# The baseline (x = 0.7) ends first; cycle 2 (started beside it) ends before cycle 3.
+PLATEAU = """
+import json, os, time
+p = json.load(open(os.environ["RALPH_PARAMS"]))
+time.sleep(0.5 if p["x"] == 0.7 else 1.0 + float(os.environ["RALPH_CYCLE"]) * 0.3)
+print(f"val_accuracy: {1 - (p['x'] - 0.7) ** 2:.6f}")
+"""
+
+
+def test_status_after_a_plateau_stop_with_a_cycle_in_flight_does_not_read_like_an_overflow(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(PLATEAU, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.7}},
+               safeguards={"max_cycles": 10, "no_improvement_stop_cycles": 1}, execution={"max_concurrency": 2})
+    proc = ralph(root, "start")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert [r["verdict"] for r in recorded(root)] == ["kept", "discarded", "cancelled"]
+    # Cycle 2 met the plateau rule; cycle 3, in flight, was recorded after it: 2 cycles without gain.
+    out = ralph(root, "status", check=True).stdout
+    assert "2 cycles (min delta 0.0; the plateau rule stops at 1)" in out and "2 of 1" not in out, out
