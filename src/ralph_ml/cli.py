@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ from rich.table import Table
 from . import control
 from .config import Config, find_config, load_config
 from .errors import ConfigError, RalphError, StateError
-from .records import STOPPED_EARLY
+from .records import STOPPED_EARLY, partial_value
 
 app = typer.Typer(
     add_completion=False,
@@ -118,9 +117,9 @@ class LinePrinter:
             )
             if metric is None and d["verdict"] in STOPPED_EARLY:  # not a failure
                 result = (d.get("record") or {}).get("result") or {}
-                step, part = result.get("stopped_at_step"), (result.get("metrics") or {}).get(name)
+                step, part = result.get("stopped_at_step"), partial_value(d["verdict"], result.get("metrics") or {}, name)
                 line = f"[magenta]{d['verdict']}[/]" + (f" at step {step}" if step is not None else "")
-                if isinstance(part, (int, float)) and math.isfinite(part):
+                if part is not None:
                     line += f" · {name}: {part:.4f} when stopped"
             else:
                 val = f"{name}: {metric:.4f}" if metric is not None else (

@@ -32,7 +32,7 @@ from rich.text import Text
 
 from .config import Config
 from .journal import cycle_folder, iter_events
-from .records import STOPPED_EARLY
+from .records import STOPPED_EARLY, UNPROVEN
 from .runfiles import Event, Progress, ProgressTail, progress_of, read_state, tail_lines
 
 log = logging.getLogger("ralph_ml.live")
@@ -243,14 +243,17 @@ def fmt_s(s: float) -> str:
 def verdict_label(v: str) -> str:
     if v in STOPPED_EARLY:
         return f"▽ {v}"
-    return {"kept": "✓ kept", "discarded": "discarded", "below_gate": "below gate", "noise": "≈ noise",
-            "unconfirmed": "≈ unconfirmed"}.get(v, f"✗ {v}")
+    if v in UNPROVEN:
+        return f"≈ {v}"
+    return {"kept": "✓ kept", "discarded": "discarded", "below_gate": "below gate"}.get(v, f"✗ {v}")
 
 
 def verdict_style(v: str) -> str:
     if v in STOPPED_EARLY:
         return "magenta"
-    return {"kept": "green", "discarded": "grey58", "below_gate": "yellow", "noise": "grey58", "unconfirmed": "grey58"}.get(v, "red")
+    if v in UNPROVEN:
+        return "grey58"  # as discarded
+    return {"kept": "green", "discarded": "grey58", "below_gate": "yellow"}.get(v, "red")
 
 
 def bar_chart(view: RunView, width: int, height: int = 4) -> Table:

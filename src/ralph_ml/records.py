@@ -25,6 +25,15 @@ class TrialStatus(str, enum.Enum):
 # Verdicts (and statuses) of trials stopped before their end, by a pruner or by the run stopping
 # (a manual stop, a stop rule, the total time limit): the configuration did not fail.
 STOPPED_EARLY = frozenset({TrialStatus.PRUNED.value, TrialStatus.CANCELLED.value})
+# Verdicts of noise-aware keeps for a gain that did not hold on re-run: neither helped nor hurt.
+UNPROVEN = frozenset({"noise", "unconfirmed"})
+
+
+def partial_value(verdict: str, metrics: Mapping[str, Any], name: str) -> float | None:
+    """For a trial stopped early (``STOPPED_EARLY``), the value of ``name`` it had reached, when
+    finite; None otherwise (a trial that ran to its end has its score, not a partial value)."""
+    v = metrics.get(name) if verdict in STOPPED_EARLY else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 class FailureClass(str, enum.Enum):

@@ -27,7 +27,7 @@ from .analysis import read_progress
 from .config import Config
 from .decision import best_of
 from .journal import Replay, cycle_folder, replay, write_bytes_atomic, write_json_atomic, write_text_atomic
-from .records import STOPPED_EARLY, CycleRecord, Direction
+from .records import STOPPED_EARLY, UNPROVEN, CycleRecord, Direction, partial_value
 
 log = logging.getLogger("ralph_ml.report")
 
@@ -109,8 +109,8 @@ class Change:
 
 
 _CATEGORY = {"kept": "kept", "discarded": "discarded", "below_gate": "below_gate"}
-# Verdicts of noise-aware keeps for a gain that did not hold: neither helped nor hurt.
-_UNPROVEN = {"noise": "noise (the gain did not clear the noise on re-run)", "unconfirmed": "unconfirmed (its re-run did not end)"}
+# What the report says of a gain that did not hold on re-run (records.UNPROVEN).
+_UNPROVEN_TEXT = {"noise": "noise (the gain did not clear the noise on re-run)", "unconfirmed": "unconfirmed (its re-run did not end)"}
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,8 @@ class CycleView:
         r = self.record
         if r.kept:
             return "baseline" if self.baseline is None else "helped"
-        if r.verdict in _UNPROVEN:
-            return _UNPROVEN[r.verdict]
+        if r.verdict in UNPROVEN:
+            return _UNPROVEN_TEXT[r.verdict]
         if r.metric is None:
             if r.verdict in STOPPED_EARLY:
                 return r.verdict
@@ -154,11 +154,8 @@ def metric_cell(record: CycleRecord, name: str, spec: str = ".4g") -> str:
     stopped early (pruned, cancelled) the value it had reached, marked partial."""
     if record.metric is not None:
         return format(record.metric, spec)
-    if record.verdict in STOPPED_EARLY:
-        v = record.result.metrics.get(name)
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            return f"{format(v, spec)} (partial)"
-    return "n/a"
+    part = partial_value(record.verdict, record.result.metrics, name)
+    return "n/a" if part is None else f"{format(part, spec)} (partial)"
 
 
 def _read_params(path: Path) -> dict[str, Any] | None:
@@ -202,7 +199,7 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
         # Beat its base by the run's own bar for a gain, but a best recorded meanwhile was better.
         gain = None if delta is None else (delta if cfg.target.dir.value == "maximize" else -delta)
         superseded = (not r.kept and gain is not None and gain > 0 and gain >= cfg.safeguards.min_improvement_delta
-                      and best is not baseline and r.verdict not in _UNPROVEN)
+                      and best is not baseline and r.verdict not in UNPROVEN)
         if r.kept:
             best = r
         if r.verdict in STOPPED_EARLY:
@@ -229,7 +226,7 @@ def lessons(views: list[CycleView]) -> list[dict[str, Any]]:
                 row["helped"] += 1
             elif v.category == "pruned":  # stopped early (pruned, cancelled): it did not fail
                 row["pruned"] += 1
-            elif v.record.verdict in _UNPROVEN:  # a gain that did not hold on re-run
+            elif v.record.verdict in UNPROVEN:  # a gain that did not hold on re-run
                 row["noise"] += 1
             elif v.record.metric is None:
                 row["failed"] += 1
@@ -315,6 +312,19 @@ class ReportContext:
     def compared(self) -> list[CycleView]:
         """The cycles compared with a base ("what worked, what hurt"), in cycle order."""
         return [v for v in self.in_cycle_order if v.baseline is not None]
+
+    def incidents(self, category: str) -> list[tuple[CycleRecord, str]]:
+        """The cycles of ``category`` ("failed", "pruned") in cycle order, each with what the
+        report says happened: a stopped trial's message starts with it ("pruned at step 4: ..."),
+        a failure's is led by its status ("failed (crash): ...")."""
+        out = []
+        for v in self.in_cycle_order:
+            if v.category != category:
+                continue
+            r = v.record
+            first = r.result.message.splitlines()[0] if r.result.message else ""
+            out.append((r, first if category == "pruned" and first else f"{r.result.status_text()}: {first}"))
+        return out
 
     def count(self, category: str) -> int:
         return sum(1 for v in self.views if v.category == category)
@@ -554,14 +564,10 @@ def render_markdown(ctx: ReportContext, with_png: bool) -> str:
             f"| {r.cycle} | {status} | {metric_cell(r, t.name, '.6g')} | {r.verdict} | {diag} | {r.result.duration_s:.1f} | {r.tokens_used} | {_cell(_fmt_params(v.params))} |"
         )
     for title, category in (("Failures", "failed"), ("Stopped early", "pruned")):
-        listed = [v.record for v in ctx.in_cycle_order if v.category == category]
+        listed = ctx.incidents(category)
         if listed:
             lines += ["", f"## {title}", ""]
-            for r in listed:
-                first = r.result.message.splitlines()[0] if r.result.message else ""
-                # a pruned or cancelled trial's message starts with what happened ("pruned at step 4: ...")
-                lines.append(f"- cycle {r.cycle}: {first}" if category == "pruned" and first
-                             else f"- cycle {r.cycle}: {r.result.status_text()}: {first}")
+            lines += [f"- cycle {r.cycle}: {text}" for r, text in listed]
     lines += ["", "## Leaderboard", "", "| rank | cycle | metric | params |", "|---:|---:|---:|---|"]
     for row in ctx.board:
         lines.append(f"| {row['rank']} | {row['cycle']} | {row['metric']:.6g} | {_cell(_fmt_params(row['params']))} |")

@@ -155,12 +155,9 @@ def render_html(ctx: ReportContext) -> str:
                      f"{r.cost_usd:.4f}", _e(_fmt_params(v.params))])
     parts.append("<h2>Cycles</h2>" + _table(["cycle", "status", name, "verdict", "diagnosis", "seconds", "tokens", "cost $", "params"], rows, {0, 2, 5, 6, 7}))
     for title, category in (("Failures", "failed"), ("Stopped early", "pruned")):
-        listed = [v.record for v in ctx.in_cycle_order if v.category == category and v.record.result.message]
+        listed = [(r, text) for r, text in ctx.incidents(category) if r.result.message]
         if listed:
-            parts.append(f"<h2>{title}</h2><ul>" + "".join(
-                f"<li>cycle {r.cycle}: " + (_e(r.result.message.splitlines()[0]) if category == "pruned"
-                                            else f"{_e(r.result.status_text())}: {_e(r.result.message.splitlines()[0])}") + "</li>"
-                for r in listed) + "</ul>")
+            parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>cycle {r.cycle}: {_e(text)}</li>" for r, text in listed) + "</ul>")
     if ctx.board:
         parts.append("<h2>Leaderboard</h2>" + _table(["rank", "cycle", name, "params"], [
             [str(b["rank"]), str(b["cycle"]), _e(f"{b['metric']:.6g}"), _e(_fmt_params(b["params"]))] for b in ctx.board], {0, 1, 2}))

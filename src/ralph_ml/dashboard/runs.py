@@ -20,7 +20,7 @@ from typing import Any
 from ..config import CONFIG_NAMES, Config, load_config
 from ..errors import RalphError
 from ..journal import cycle_folder
-from ..records import STOPPED_EARLY
+from ..records import partial_value
 from ..runfiles import ProgressTail, loop_alive, progress_of, read_state, tail_lines
 
 LOG_LINES = 60  # stdout lines of the running trial sent to the page
@@ -97,7 +97,7 @@ def cycle_row(rec: dict[str, Any], target: str | None = None) -> dict[str, Any]:
     analysis = rec.get("analysis") or {}
     metric = rec.get("metric")
     message = str(res.get("message") or "").strip().splitlines()
-    partial = (res.get("metrics") or {}).get(target) if target and rec.get("verdict") in STOPPED_EARLY else None
+    partial = partial_value(str(rec.get("verdict", "")), res.get("metrics") or {}, target) if target else None
     return {
         "cycle": int(rec["cycle"]),
         "metric": metric if isinstance(metric, (int, float)) else None,
@@ -107,7 +107,7 @@ def cycle_row(rec: dict[str, Any], target: str | None = None) -> dict[str, Any]:
         "failure": res.get("failure", "none"),
         "stopped_at_step": res.get("stopped_at_step") if res.get("stopped_by") == "target" else None,
         "pruned_at_step": res.get("stopped_at_step") if res.get("stopped_by") == "pruner" else None,
-        "partial": partial if isinstance(partial, (int, float)) and math.isfinite(partial) else None,
+        "partial": partial,
         "duration_s": round(max(0.0, float(res.get("ended_at", 0.0)) - float(res.get("started_at", 0.0))), 2),
         "params": prop.get("params") or {},
         "patch": bool(prop.get("patch")),
