@@ -16,6 +16,10 @@ from .config import Config, TargetMetric
 from .journal import write_json_atomic
 from .records import FailureClass, TrialResult, TrialStatus
 
+# The loop's request to one trial ($RALPH_CONTROL_PATH): {"action": "stop", "reason": ...};
+# the pruner's also carries "by": "pruner", "step" and "rows_seen" (how far it had read).
+TRIAL_CONTROL_FILE = "control.json"
+
 
 def trial_env(cfg: Config, run_id: str, cycle: int, cdir: Path, params: Mapping[str, Any]) -> dict[str, str]:
     """The RALPH_* environment of a trial (DESIGN.md, trial contract). ``RALPH_STOP_AT_TARGET``
@@ -31,7 +35,7 @@ def trial_env(cfg: Config, run_id: str, cycle: int, cdir: Path, params: Mapping[
         "RALPH_CHECKPOINT_DIR": str(cdir / "checkpoints"),
         "RALPH_DATA_DIR": str(cfg.path(cfg.data.root)),
         "RALPH_PROGRESS_PATH": str(cdir / "progress.jsonl"),
-        "RALPH_CONTROL_PATH": str(cdir / "control.json"),
+        "RALPH_CONTROL_PATH": str(cdir / TRIAL_CONTROL_FILE),
         "PATH": trial_path_env(),
         "PYTHONUNBUFFERED": "1",
         **cfg.execution.env,

@@ -29,7 +29,7 @@ from .analysis import read_progress
 from .checks import check_workspace, trial_path_env
 from .config import Config
 from .control import ControlReader
-from .cyclefiles import trial_env
+from .cyclefiles import TRIAL_CONTROL_FILE, trial_env
 from .errors import AgentError, StateError, WorkspaceError
 from .events import CallbackSink, EventBus, EventLog
 from .executors import TrialHandle, get_executor
@@ -79,6 +79,7 @@ class Flight:
     reader: ProgressReader | None = None
     prune_verdict: PruneVerdict | None = None
     prune_at: float = 0.0
+    prune_rows_seen: int = 0  # progress rows the pruner had read when it asked the trial to stop
     pruner_saw: bool = False
     parent: int | None = None  # the version this cycle's code derives from
     settled: bool = False  # its end was handled (_settle); it may wait in ``flights`` to be recorded
@@ -505,6 +506,7 @@ class Loop:
             params = json.loads((cdir / "params.json").read_text()) if (cdir / "params.json").exists() else proposal.params
             flight = Flight(cycle, proposal, cdir, params, commit=version.get("commit"), parent=version.get("parent"),
                             code_hashes=hash_files(cdir / "code", self.cfg.files.frozen))
+            self._restore_prune_request(flight)
             if isinstance(found, TrialHandle):
                 self.emit("recovered", {"cycle": cycle, "how": "re-attached"})
                 flight.handle = found
@@ -635,9 +637,12 @@ class Loop:
         if f.prune_verdict is None:
             verdict = self.pruner.update(f.prune, f.reader.new_rows())
             if verdict.prune:
-                f.prune_verdict, f.prune_at = verdict, time.monotonic()
+                f.prune_verdict, f.prune_at, f.prune_rows_seen = verdict, time.monotonic(), f.reader.count
                 # Ask the trial to stop (trial.report() returns True); terminate it after the grace.
-                write_json_atomic(f.cdir / "control.json", {"action": "stop", "reason": verdict.reason})
+                # The request keeps the verdict: a resume collecting the trial (a cluster's trial
+                # outlives the loop) records it pruned, not as a trial that ran to its end.
+                write_json_atomic(f.cdir / TRIAL_CONTROL_FILE, {"action": "stop", "reason": verdict.reason, "by": "pruner",
+                                                          "step": verdict.step, "rows_seen": f.reader.count})
                 self.emit("prune", {"cycle": f.cycle, "step": verdict.step, "reason": verdict.reason})
         elif time.monotonic() - f.prune_at > self.cfg.pruning.grace_s and not self._training_ended(f):
             f.handle.cancel()  # it did not listen: still training after the grace
@@ -657,23 +662,23 @@ class Loop:
         assert f.result is not None
         f.settled = True
         f.handle = None
+        if f.prune_verdict is not None and (self._finished_first(f) or self._stopped_at_target(f)):
+            # Every step it reported was in before the stop request: it ran to its own end
+            # (a trial faster than the pruner's poll), so its complete result is recorded.
+            # Likewise a trial that stopped itself at the target: its evaluation decides.
+            self.emit("prune_late", {"cycle": f.cycle, "step": f.prune_verdict.step})
+            f.prune_verdict = None
+        if f.prune_verdict is not None:
+            f.result = replace(
+                f.result,
+                status=TrialStatus.PRUNED,
+                failure=FailureClass.NONE,
+                message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
+                stopped_by="pruner",
+                stopped_at_step=f.prune_verdict.step,
+                metrics={**self._last_progress(f), **f.result.metrics},  # terminated ones wrote no metrics.json
+            )
         if self.pruner is not None and f.prune is not None:
-            if f.prune_verdict is not None and (self._finished_first(f) or self._stopped_at_target(f)):
-                # Every step it reported was in before the stop request: it ran to its own end
-                # (a trial faster than the pruner's poll), so its complete result is recorded.
-                # Likewise a trial that stopped itself at the target: its evaluation decides.
-                self.emit("prune_late", {"cycle": f.cycle, "step": f.prune_verdict.step})
-                f.prune_verdict = None
-            if f.prune_verdict is not None:
-                f.result = replace(
-                    f.result,
-                    status=TrialStatus.PRUNED,
-                    failure=FailureClass.NONE,
-                    message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
-                    stopped_by="pruner",
-                    stopped_at_step=f.prune_verdict.step,
-                    metrics={**self._last_progress(f), **f.result.metrics},  # terminated ones wrote no metrics.json
-                )
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
             self.pruner.finish(f.prune, f.prune_verdict is not None, final)
             f.pruner_saw = True
@@ -702,7 +707,28 @@ class Loop:
         finished its steps when the request came (a stopped trial leaves at a report).
         Terminated trials, which did not listen, are never ok."""
         assert f.result is not None
-        return f.result.status is TrialStatus.OK and f.reader is not None and not f.reader.new_rows()
+        if f.result.status is not TrialStatus.OK:
+            return False
+        rows = ProgressReader(f.cdir / "progress.jsonl")
+        rows.new_rows()
+        return rows.count <= f.prune_rows_seen
+
+    @staticmethod
+    def _restore_prune_request(f: Flight) -> None:
+        """A recovered cycle that the pruner had asked to stop before the loop died (its
+        control.json says so) keeps that verdict, and its grace starts again."""
+        try:
+            req = json.loads((f.cdir / TRIAL_CONTROL_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(req, dict) or req.get("action") != "stop" or req.get("by") != "pruner":
+            return
+        step = req.get("step")
+        rows = req.get("rows_seen")
+        f.prune_verdict = PruneVerdict(True, str(req.get("reason") or "asked to stop by the pruner"),
+                                       step if isinstance(step, int) and not isinstance(step, bool) else None)
+        f.prune_rows_seen = rows if isinstance(rows, int) and not isinstance(rows, bool) else 0
+        f.prune_at = time.monotonic()
 
     def _recordable(self, f: Flight, flights: dict[int, Flight]) -> bool:
         """True when the ended cycle ``f`` can be recorded now. A cycle that needs noise repeats

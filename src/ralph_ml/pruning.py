@@ -42,6 +42,7 @@ class ProgressReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
+        self.count = 0  # rows returned so far
 
     def new_rows(self) -> list[dict[str, Any]]:
         try:
@@ -63,6 +64,7 @@ class ProgressReader:
                 continue
             if isinstance(row, dict):
                 rows.append(row)
+        self.count += len(rows)
         return rows
 
 

@@ -220,6 +220,65 @@ def test_cli_kill9_then_resume_reattaches_to_the_slurm_jobs(slurm: Path, exp, tm
     assert (root / "runs" / "slurm").is_dir()  # execution.slurm.folder, relative to the experiment
 
 
+PRUNED_ON_THE_CLUSTER = """
+import math, os, time
+from ralph_ml import trial
+p = trial.params({"x": 0.7})
+top = 1 - (p["x"] - 0.7) ** 2        # the baseline x = 0.7 has the best curve at every step
+cycle, gates = os.environ["RALPH_CYCLE"], os.environ["GATES"]
+acc = 0.0
+for step in range(20):
+    acc = top * (1 - math.exp(-(step + 1) / 3))
+    if trial.report(step, val_accuracy=acc):   # the pruner asked it to stop: it listens, once let go
+        open(os.path.join(gates, "asked_" + cycle), "w").close()
+        while not os.path.exists(os.path.join(gates, "release_" + cycle)):
+            time.sleep(0.05)
+        break
+    time.sleep(0.1)
+trial.log_metrics(val_accuracy=acc, steps_done=step + 1)
+"""
+
+
+def test_a_job_pruned_before_a_kill9_is_recorded_pruned_when_resume_collects_it(slurm: Path, exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The pruner asks cycle 2 to stop, the loop dies, the job listens and ends while no loop
+    exists: resume collects an ok result.json, which must still be recorded as pruned (its
+    metric is that of a trial cut short), not as a trial that ran to its end."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    root = exp(
+        PRUNED_ON_THE_CLUSTER, target=1.5, space={"x": {"type": "float", "low": 0.0, "high": 1.0, "default": 0.7}},
+        safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 10},
+        execution={"mode": "slurm", "env": {"GATES": str(gates)}},
+        extra={"execution.slurm": {"partition": "debug", "poll_s": 0.5},
+               "pruning": {"pruner": "median", "n_startup_trials": 1, "n_warmup_steps": 2, "grace_s": 60}},
+    )
+    proc = ralph_bg(root, "start")
+    try:
+        wait_for(lambda: (gates / "asked_2").exists(), 90, "cycle 2 asked to stop by the pruner")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    request = json.loads((root / "runs" / "cycle_0002" / "control.json").read_text())
+    assert request["by"] == "pruner" and request["action"] == "stop"
+    (gates / "release_2").touch()  # the job ends while no loop exists
+    wait_for(lambda: (root / "runs" / "cycle_0002" / "result.json").exists(), 30, "job 2 finished")
+    assert json.loads((root / "runs" / "cycle_0002" / "result.json").read_text())["status"] == "ok"
+    resumed = ralph_bg(root, "resume")
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 2, out + err
+    assert {e["cycle"]: e["how"] for e in run_events(root, "recovered")} == {2: "collected"}
+    first, second = recorded(root)
+    assert first["result"]["status"] == "ok" and first["result"]["metrics"]["steps_done"] == 20
+    res = second["result"]
+    assert res["status"] == "pruned" and second["verdict"] == "pruned" and not second["kept"], res
+    assert res["stopped_by"] == "pruner" and res["stopped_at_step"] == request["step"]
+    assert res["message"] == f"pruned at step {request['step']}: {request['reason']}"
+    assert 0 < res["metrics"]["steps_done"] < 20  # its partial metrics are kept
+    assert f"pruned at step {request['step']} · val_accuracy: " in out
+
+
 def test_handles_are_trial_handles(slurm: Path, tmp_path: Path) -> None:
     handle = _ex(tmp_path, backend="local").submit(make_spec(tmp_path, "echo val_accuracy: 1"))
     assert isinstance(handle, TrialHandle)
