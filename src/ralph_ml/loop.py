@@ -642,7 +642,7 @@ class Loop:
                 # The request keeps the verdict: a resume collecting the trial (a cluster's trial
                 # outlives the loop) records it pruned, not as a trial that ran to its end.
                 write_json_atomic(f.cdir / TRIAL_CONTROL_FILE, {"action": "stop", "reason": verdict.reason, "by": "pruner",
-                                                          "step": verdict.step, "rows_seen": f.reader.count})
+                                                          "step": verdict.step, "rows_seen": f.prune_rows_seen})
                 self.emit("prune", {"cycle": f.cycle, "step": verdict.step, "reason": verdict.reason})
         elif time.monotonic() - f.prune_at > self.cfg.pruning.grace_s and not self._training_ended(f):
             f.handle.cancel()  # it did not listen: still training after the grace
@@ -709,7 +709,8 @@ class Loop:
         assert f.result is not None
         if f.result.status is not TrialStatus.OK:
             return False
-        rows = ProgressReader(f.cdir / "progress.jsonl")
+        # A live trial's reader stopped at the verdict; a collected one (resume) has none.
+        rows = f.reader if f.reader is not None else ProgressReader(f.cdir / "progress.jsonl")
         rows.new_rows()
         return rows.count <= f.prune_rows_seen
 
