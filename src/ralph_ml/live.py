@@ -167,6 +167,14 @@ class RunView:
             self.note = f"pruning cycle {ev.get('cycle')} at step {ev.get('step')}"
         elif kind == "prune_late":
             self.note = f"cycle {ev.get('cycle')} had finished before the stop request: its result is kept"
+        elif kind == "repeats":
+            more, who = int(ev.get("n") or 0), ev.get("cycle")
+            if ev.get("waiting_for") is not None:
+                self.note = f"cycle {who} beats the best too: judged once cycle {ev['waiting_for']}'s re-runs are recorded"
+            elif ev.get("reason") == "confirm":
+                self.note = f"confirming cycle {who} ({fmt_metric(ev.get('first'))} beats the best {fmt_metric(ev.get('best'))}) with {more} more seed(s)"
+            else:
+                self.note = f"measuring the run-to-run noise: cycle {who} with {more} more seed(s)"
         elif kind == "manual":
             self.note = f"manual {ev.get('action')}"
         elif kind == "recovered":

@@ -86,6 +86,7 @@ class Flight:
     repeats: list[float] | None = None  # its noise repeats' metrics, once they ran
     repeating: bool = False  # its noise repeats run (in a thread of their own, on its resources)
     waiting: bool = False  # its repeats wait for another cycle's to be recorded (both judge against the best)
+    said_waiting: bool = False  # the `repeats` event said so
     cancel: threading.Event = field(default_factory=threading.Event)  # stops its repeats
 
 
@@ -741,11 +742,15 @@ class Loop:
             return not f.repeating
         _, metric, kept, _ = recording.first_judgement(self.cfg, f.result, self.totals, self._noise)
         n = self._noise.wanted(kept, self.totals) if metric is not None else 0
-        if n == 0:
+        if n == 0 or metric is None:
             return True
-        if any(o.repeating or o.repeats is not None for o in flights.values() if o is not f):
-            f.waiting = True  # _wake_waiting brings it back
+        busy = next((o.cycle for o in flights.values() if o is not f and (o.repeating or o.repeats is not None)), None)
+        if busy is not None:
+            if not f.said_waiting:  # _wake_waiting brings it back here, maybe to wait again: said once
+                self._repeats_event(f, metric, n, busy)
+            f.waiting = f.said_waiting = True
             return False
+        self._repeats_event(f, metric, n, None)
         f.waiting, f.repeating = False, True
         self.cycle = f.cycle
         self._phase("confirm")
@@ -757,6 +762,17 @@ class Loop:
         self._repeaters[f.cycle] = (thread, f.cancel)
         thread.start()
         return False
+
+    def _repeats_event(self, f: Flight, metric: float, n: int, waiting_for: int | None) -> None:
+        """``repeats``: cycle ``f`` (first run ``metric``) is re-run with ``n`` more seeds, now
+        or once ``waiting_for``'s repeats are recorded; ``reason`` "noise" when it measures the
+        run-to-run noise (the first result), "confirm" when it is a candidate new best."""
+        best = self.totals.best
+        confirm = self.totals.best_seen is not None and best is not None
+        self.emit("repeats", {"cycle": f.cycle, "first": metric, "n": n, "reason": "confirm" if confirm else "noise",
+                              "best": best.metric if confirm and best is not None else None,
+                              "best_cycle": best.cycle if confirm and best is not None else None,
+                              "waiting_for": waiting_for})
 
     def _repeater(self, f: Flight, n: int, resources: dict[str, str] | None, time_left_s: float | None) -> None:
         try:

@@ -425,6 +425,9 @@ def _as_numbers(metrics: Mapping[str, Any]) -> dict[str, int | float]:
         if isinstance(value, int):  # bool too
             out[name] = int(value)
             continue
+        detach = getattr(value, "detach", None)  # a torch loss keeps its graph: float() of it warns
+        if callable(detach) and getattr(value, "requires_grad", False):
+            value = detach()
         try:
             out[name] = float(value)  # numpy scalars and 0-d tensors have __float__
         except (TypeError, ValueError):

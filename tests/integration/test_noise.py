@@ -30,7 +30,11 @@ def test_a_lucky_seed_is_recorded_as_noise(exp) -> None:  # type: ignore[no-unty
     assert base["kept"] and base["verdict"] == "kept"
     assert lucky["result"]["repeats"][0] == 0.71  # looked like +0.21 on one seed ...
     assert lucky["verdict"] == "noise" and not lucky["kept"]  # ... and vanished on re-run
-    # The plain output shows each re-run, so the verdict is explained where it is given.
+    # The plain output says why a cycle is re-run when its re-runs start, and shows them when they
+    # end, so the verdict is explained where it is given.
+    assert "   val_accuracy 0.5 is the first result: re-run with seeds 1, 2 to measure the run-to-run noise" in proc.stdout
+    assert "   val_accuracy 0.71 beats the best (0.5, cycle 1): re-run with seeds 1, 2 before it is kept" in proc.stdout
+    assert proc.stdout.index("0.71 beats the best") < proc.stdout.index("seeds 0, 1, 2: 0.7100")
     assert "   seeds 0, 1, 2: 0.5000, 0.4500, 0.5500 → mean 0.5000" in proc.stdout, proc.stdout
     assert "   seeds 0, 1, 2: 0.7100, 0.4600, 0.5600 → mean 0.5767 (run-to-run noise σ" in proc.stdout
     assert "   val_accuracy: 0.5767 · noise" in proc.stdout
@@ -167,6 +171,11 @@ print("val_accuracy:", {1: 0.5, 2: 0.9, 3: 0.8}.get(cycle, 0.4))
     assert order.index(2) < order.index(3)
     assert recs[2]["kept"] and recs[2]["result"]["repeats"] == [0.9, 0.9]
     assert not recs[3]["kept"] and not recs[3]["result"].get("repeats") and not (marks / "started_3_1").exists()
+    assert "cycle 3: val_accuracy 0.8 beats the best (0.5, cycle 1): judged again once cycle 2's re-runs are recorded" in proc.stdout
+    assert proc.stdout.count("cycle 3: val_accuracy 0.8 beats") == 1, proc.stdout
+    events = [json.loads(line) for line in (root / "state" / "events.jsonl").read_text().splitlines()]
+    said = [(e["cycle"], e["reason"], e["waiting_for"]) for e in events if e["kind"] == "repeats"]
+    assert said == [(2, "confirm", None), (3, "confirm", 2)], said
 
 
 def test_a_loop_killed_during_a_repeat_stops_it_on_resume_and_runs_it_again(exp, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -28,3 +28,20 @@ def test_pruned_and_failed_cycles_are_told_apart(tmp_path: Path) -> None:
     assert "× failed" in text and "▽ pruned" in text.split("× failed")[1].splitlines()[0]  # the legend
     bars = next(line for line in text.splitlines() if "×" in line and "failed" not in line)
     assert bars.index("×") < bars.index("▽")  # cycle 2 failed, cycle 3 pruned, on the chart's bottom row
+
+
+def test_the_view_says_why_a_cycle_is_re_run_with_other_seeds(tmp_path: Path) -> None:
+    view = RunView(state_dir=tmp_path, runs_dir=tmp_path, project="p", target_name="val_accuracy",
+                   target_value=0.99, maximize=True, max_cycles=10)
+    view.apply({"kind": "repeats", "cycle": 1, "first": 0.62, "n": 2, "reason": "noise", "best": None,
+                "best_cycle": None, "waiting_for": None})
+    assert view.note == "measuring the run-to-run noise: cycle 1 with 2 more seed(s)"
+    view.apply({"kind": "repeats", "cycle": 11, "first": 0.961, "n": 1, "reason": "confirm", "best": 0.9445,
+                "best_cycle": 12, "waiting_for": None})
+    assert view.note == "confirming cycle 11 (0.9610 beats the best 0.9445) with 1 more seed(s)"
+    view.apply({"kind": "repeats", "cycle": 13, "first": 0.95, "n": 1, "reason": "confirm", "best": 0.9445,
+                "best_cycle": 12, "waiting_for": 11})
+    assert view.note == "cycle 13 beats the best too: judged once cycle 11's re-runs are recorded"
+    console = Console(record=True, width=120, height=40, color_system="truecolor")
+    console.print(render_view(view, 120, 40, now=0.0))
+    assert "judged once cycle 11's re-runs are recorded" in console.export_text()

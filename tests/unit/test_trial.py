@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,20 @@ def test_report_appends_one_json_line_per_call(tmp_path: Path, monkeypatch: pyte
     assert lines[0]["train_loss"] == 0.5 and lines[0]["train_accuracy"] == 0.8
     assert lines[1]["train_loss"] == "nan" and lines[1]["steps"] == 10
     assert all(abs(line["time"] - lines[0]["time"]) < 60 for line in lines)
+
+
+def test_a_loss_that_still_has_its_graph_is_reported_without_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("RALPH_PROGRESS_PATH", str(progress))
+    weight = torch.tensor([2.0], requires_grad=True)
+    loss = (weight * 3).sum()  # as `steps.report(loss=loss)` right after loss.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on float() of a tensor that requires grad
+        trial.report(1, loss=loss)
+        trial.log_metrics(loss=loss)
+    assert json.loads(progress.read_text())["loss"] == 6.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["result"]["loss"] == 6.0
 
 
 def test_metrics_named_step_or_time_give_way_to_the_rows_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
