@@ -501,7 +501,7 @@ def best(
         err.print("no kept cycle yet")
         raise typer.Exit(1)
     code = cfg.path(cfg.paths.runs) / cycle_folder(b.cycle) / "code"
-    console.print(f"best: cycle {b.cycle} · {cfg.target.name} = {b.metric}")
+    console.print(f"best: cycle {b.cycle} · {cfg.target.name} = {b.metric:.10g}")
     console.print(f"params: {json.dumps(b.proposal.params)}")
     console.print(f"code: {code}")
     if b.commit:

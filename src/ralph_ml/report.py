@@ -133,20 +133,30 @@ class CycleView:
 
     @property
     def outcome(self) -> str:
+        return self._outcome[0]
+
+    @property
+    def outcome_kind(self) -> str:
+        """The outcome's kind, for styling: kept, superseded, hurt, pruned, muted (noise,
+        unconfirmed) or failed."""
+        return self._outcome[1]
+
+    @property
+    def _outcome(self) -> tuple[str, str]:
         r = self.record
         if r.kept:
-            return "baseline" if self.baseline is None else "helped"
+            return ("baseline" if self.baseline is None else "helped"), "kept"
         if r.verdict in UNPROVEN:
-            return _UNPROVEN_TEXT[r.verdict]
+            return _UNPROVEN_TEXT[r.verdict], "muted"
         if r.metric is None:
             if r.verdict in STOPPED_EARLY:
-                return r.verdict
-            return f"failed ({r.result.failure.value})" if r.result.failure.value != "none" else r.verdict
+                return r.verdict, "pruned"
+            return (f"failed ({r.result.failure.value})" if r.result.failure.value != "none" else r.verdict), "failed"
         if r.verdict == "below_gate":
-            return "hurt (below gate)"
+            return "hurt (below gate)", "hurt"
         if self.superseded:
-            return "superseded (beat its base, not the best when recorded)"
-        return "hurt"
+            return "superseded (beat its base, not the best when recorded)", "superseded"
+        return "hurt", "hurt"
 
 
 def metric_cell(record: CycleRecord, name: str, spec: str = ".4g") -> str:

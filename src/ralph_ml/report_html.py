@@ -11,8 +11,7 @@ from typing import Any
 
 from . import __version__, charts
 from .journal import cycle_folder
-from .records import STOPPED_EARLY
-from .report import ReportContext, _delta, _fmt_params, fmt, lesson_columns, lessons, metric_cell, stop_summary
+from .report import CycleView, ReportContext, _delta, _fmt_params, fmt, lesson_columns, lessons, metric_cell, stop_summary
 
 _CSS = """
 body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
@@ -62,11 +61,8 @@ def _table(head: list[str], rows: list[list[str]], numeric: frozenset[int] | set
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _outcome(text: str) -> str:
-    cls = ("kept" if text in ("helped", "baseline") else "superseded" if text.startswith("superseded")
-           else "hurt" if text.startswith("hurt") else "pruned" if text in STOPPED_EARLY
-           else "muted" if text.startswith(("noise", "unconfirmed")) else "failed")
-    return f'<span class="{cls}">{_e(text)}</span>'
+def _outcome(view: CycleView) -> str:
+    return f'<span class="{view.outcome_kind}">{_e(view.outcome)}</span>'
 
 
 def render_html(ctx: ReportContext) -> str:
@@ -112,7 +108,7 @@ def render_html(ctx: ReportContext) -> str:
             change = "; ".join(_e(c.text) for c in v.changes) or ("code change" if v.patch else "no param change")
             if v.patch and v.changes:
                 change += "; code change"
-            rows.append([str(v.cycle), change, _e(metric_cell(v.record, t.name)), _e(_delta(v.delta)), _outcome(v.outcome)])
+            rows.append([str(v.cycle), change, _e(metric_cell(v.record, t.name)), _e(_delta(v.delta)), _outcome(v)])
         parts.append("<h2>What worked, what hurt</h2><p class=muted>Each cycle against the version it was built on, the best when it started.</p>"
                      + _table(["cycle", "change vs its base", name, "Δ vs base", "outcome"], rows, {0, 2, 3}))
         agg = lessons(ctx.views)

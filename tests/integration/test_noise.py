@@ -51,6 +51,8 @@ def test_a_real_gain_survives_confirmation(exp) -> None:  # type: ignore[no-unty
     base, better = recorded(root)
     assert better["kept"] and better["verdict"] == "kept"
     assert len(better["result"]["repeats"]) == 3 and abs(better["metric"] - 0.8) < 1e-9
+    shown = ralph(root, "best", check=True).stdout  # the mean of 0.8, 0.75, 0.85 is 0.7999999999999999 in floats
+    assert f"best: cycle {better['cycle']} · val_accuracy = 0.8\n" in shown, shown
 
 
 

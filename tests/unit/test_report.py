@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,6 +140,7 @@ def test_gains_that_did_not_hold_and_cancelled_trials_are_neither_hurt_nor_faile
     v = {x.cycle: x for x in cycle_views(records, _cfg(tmp_path), tmp_path / "no-runs")}
     assert v[2].outcome == "noise (the gain did not clear the noise on re-run)" and not v[2].superseded
     assert v[3].outcome == "cancelled" and v[3].category == "pruned"
+    assert [v[c].outcome_kind for c in (1, 2, 3)] == ["kept", "muted", "pruned"]  # the HTML table's styles
     up = {(r["param"], r["change"]): r for r in lessons(list(v.values()))}[("lr", "increase")]
     assert (up["tried"], up["helped"], up["hurt"], up["failed"], up["pruned"], up["noise"]) == (2, 0, 0, 0, 1, 1)
     assert records[2].result.status_text() == "cancelled"  # not "cancelled (cancelled)"
@@ -182,15 +182,11 @@ def _synthetic_run(cfg: Config, n: int, steps: int) -> None:
     (state / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-def test_a_100_cycle_report_is_complete_and_fast(tmp_path: Path) -> None:
+def test_a_100_cycle_report_is_complete(tmp_path: Path) -> None:
+    # Its cost is measured by bench/report_cost.py, never timed here (a shared machine is noisy).
     cfg = _cfg(tmp_path)
     _synthetic_run(cfg, 100, 50)
-    build_report(cfg)  # warm up: imports (the loop process has them loaded when it reports)
-    t0 = time.perf_counter()
     files = build_report(cfg)
-    seconds = time.perf_counter() - t0
-    # 2 s is the budget on an idle 2-core machine; leave room for a loaded CI box.
-    assert seconds < 4.0, f"report took {seconds:.2f} s"
     assert files.notes == []
     assert files.progress_png is not None and files.progress_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = files.html.read_text()
