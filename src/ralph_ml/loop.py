@@ -670,14 +670,18 @@ class Loop:
             self.emit("prune_late", {"cycle": f.cycle, "step": f.prune_verdict.step})
             f.prune_verdict = None
         if f.prune_verdict is not None:
+            last_step, partial = self._last_progress(f)
+            at = f.prune_verdict.step
+            went_on = f"; it stopped after step {last_step}" if last_step is not None and at is not None and last_step > at else ""
             f.result = replace(
                 f.result,
                 status=TrialStatus.PRUNED,
                 failure=FailureClass.NONE,
-                message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}",
+                # The steps it trained before it heard the request explain a partial metric past the verdict's.
+                message=f"pruned at step {f.prune_verdict.step}: {f.prune_verdict.reason}{went_on}",
                 stopped_by="pruner",
                 stopped_at_step=f.prune_verdict.step,
-                metrics={**self._last_progress(f), **f.result.metrics},  # terminated ones wrote no metrics.json
+                metrics={**partial, **f.result.metrics},  # terminated ones wrote no metrics.json
             )
         if self.pruner is not None and f.prune is not None:
             final = f.result.metrics.get(self.pruner.metric) if f.result.status is TrialStatus.OK else None
@@ -688,12 +692,14 @@ class Loop:
             self.emit("trial_ended", {"cycle": f.cycle, "status": f.result.status.value, "duration_s": f.result.duration_s})
 
     @staticmethod
-    def _last_progress(f: Flight) -> dict[str, float]:
-        """The partial metrics of a pruned trial: its last progress row (step and time aside)."""
+    def _last_progress(f: Flight) -> tuple[int | None, dict[str, float]]:
+        """A pruned trial's last progress row: its step (None without one) and its metrics (step and time aside)."""
         rows = read_progress(f.cdir / "progress.jsonl")
         last = rows[-1] if rows else {}
-        return {k: float(v) for k, v in last.items()
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        step = last.get("step")
+        return (step if isinstance(step, int) and not isinstance(step, bool) else None,
+                {k: float(v) for k, v in last.items()
+                 if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     @staticmethod
     def _stopped_at_target(f: Flight) -> bool:

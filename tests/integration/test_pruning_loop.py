@@ -45,6 +45,11 @@ def test_median_pruner_stops_doomed_trials_which_keep_partial_metrics(exp) -> No
         assert "pruned at step" in r["result"]["message"]
         assert r["result"]["stopped_by"] == "pruner"
         assert f"pruned at step {r['result']['stopped_at_step']}:" in r["result"]["message"]
+        # The steps it trained before it heard the request are named: they explain a partial metric past the verdict's.
+        rows = (root / "runs" / f"cycle_{r['cycle']:04d}" / "progress.jsonl").read_text().splitlines()
+        last = json.loads(rows[-1])["step"]
+        went_on = f"; it stopped after step {last}"
+        assert (went_on in r["result"]["message"]) == (last > r["result"]["stopped_at_step"]), (last, r["result"])
     # pruned cycles are not failures: no circuit breaker
     stop = [json.loads(line) for line in (root / "state" / "journal.jsonl").read_text().splitlines()][-1]
     assert stop["decision"]["reason"] == "max_cycles"

@@ -274,7 +274,9 @@ def test_a_job_pruned_before_a_kill9_is_recorded_pruned_when_resume_collects_it(
     res = second["result"]
     assert res["status"] == "pruned" and second["verdict"] == "pruned" and not second["kept"], res
     assert res["stopped_by"] == "pruner" and res["stopped_at_step"] == request["step"]
-    assert res["message"] == f"pruned at step {request['step']}: {request['reason']}"
+    last = json.loads((root / "runs" / "cycle_0002" / "progress.jsonl").read_text().splitlines()[-1])["step"]
+    went_on = f"; it stopped after step {last}" if last > request["step"] else ""
+    assert res["message"] == f"pruned at step {request['step']}: {request['reason']}{went_on}"
     assert 0 < res["metrics"]["steps_done"] < 20  # its partial metrics are kept
     assert f"pruned at step {request['step']} · val_accuracy: " in out
 
