@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 from . import decision as dec
 from . import materialize, recording
 from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst
+from .agents.base import InFlight
 from .analysis import read_progress
 from .checks import check_workspace, trial_path_env
 from .config import Config
@@ -37,7 +38,7 @@ from .executors.local import TRIAL_FILE
 from .hashing import hash_files
 from .journal import Journal, cycle_folder, dumps, replay, write_json_atomic
 from .noise import NoiseCheck
-from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner
+from .pruning import ProgressReader, PruneSession, PruneVerdict, TrialPruner, last_reported
 from .records import (
     CycleRecord,
     Decision,
@@ -470,6 +471,7 @@ class Loop:
             cost_left_usd=None if sg.cost_budget_usd is None
             else sg.cost_budget_usd - usage.cost_usd - sum(f.proposal.cost_usd for f in flights.values()),
             pending=tuple(f.proposal for f in flights.values()),
+            in_flight=tuple(self._how_far(f) for f in flights.values()),
             tokens_left_cycle=sg.token_budget_per_cycle,
             cycle_dir=str(self.cycle_dir(cycle)),
         )
@@ -768,6 +770,18 @@ class Loop:
         self._repeaters[f.cycle] = (thread, f.cancel)
         thread.start()
         return False
+
+    def _how_far(self, f: Flight) -> InFlight:
+        """A cycle in flight for the agent: its first run's target metric once it ended (ok),
+        else the last value its progress rows report (a pruned or failed one: none)."""
+        name = self.cfg.target.name
+        if f.prune_verdict is not None:  # asked to stop: doomed, whatever it had reached
+            return InFlight(f.cycle, f.proposal, None)
+        if f.result is not None:
+            value = f.result.metrics.get(name) if f.result.status is TrialStatus.OK else None
+            return InFlight(f.cycle, f.proposal, value if isinstance(value, (int, float)) else None)
+        seen = last_reported(f.cdir / "progress.jsonl", name)
+        return InFlight(f.cycle, f.proposal, None) if seen is None else InFlight(f.cycle, f.proposal, seen[1], seen[0])
 
     def _repeats_event(self, f: Flight, metric: float, n: int, waiting_for: int | None) -> None:
         """``repeats``: cycle ``f`` (first run ``metric``) is re-run with ``n`` more seeds, now

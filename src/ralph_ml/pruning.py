@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -66,6 +67,30 @@ class ProgressReader:
                 rows.append(row)
         self.count += len(rows)
         return rows
+
+
+def last_reported(path: Path, metric: str, tail_bytes: int = 16_384) -> tuple[int | None, float] | None:
+    """(step, value) of the last row of a progress.jsonl that reports a finite ``metric``,
+    read from the file's last ``tail_bytes`` (a long file is not read whole); None without one."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            data = fh.read()
+    except OSError:
+        return None
+    for line in reversed(data.splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the tail's start, or one being written
+        if not isinstance(row, dict):
+            continue
+        v = _value(row, metric)
+        if v is not None and math.isfinite(v):
+            step = row.get("step")
+            return (step if isinstance(step, int) and not isinstance(step, bool) else None), v
+    return None
 
 
 def _value(row: Mapping[str, Any], metric: str) -> float | None:

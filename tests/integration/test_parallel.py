@@ -253,3 +253,42 @@ def test_status_after_a_plateau_stop_with_a_cycle_in_flight_does_not_read_like_a
     # Cycle 2 met the plateau rule; cycle 3, in flight, was recorded after it: 2 cycles without gain.
     out = ralph(root, "status", check=True).stdout
     assert "2 cycles (min delta 0.0; the plateau rule stops at 1)" in out and "2 of 1" not in out, out
+
+
+def test_a_trial_in_flight_past_the_best_is_what_the_next_proposal_builds_on(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Cycle 2 reports 0.9 at step 1 while the best recorded (cycle 1) scored 0.5: cycle 3 is
+    cycle 2's configuration perturbed, proposed while cycle 2 still trains."""
+    marks = tmp_path / "marks"
+    trial = f"""
+import os, pathlib, time
+from ralph_ml import trial
+marks = pathlib.Path({str(marks)!r})
+marks.mkdir(exist_ok=True)
+cycle = int(os.environ["RALPH_CYCLE"])
+(marks / f"started_{{cycle}}").touch()
+
+def wait(name):
+    end = time.monotonic() + 15
+    while not (marks / name).exists() and time.monotonic() < end:
+        time.sleep(0.05)
+
+if cycle == 1:
+    wait("reported_2")  # the baseline ends once cycle 2 has reported its first step
+    print("val_accuracy: 0.5")
+elif cycle == 2:
+    trial.report(1, val_accuracy=0.9)
+    (marks / "reported_2").touch()
+    wait("started_3")  # still training when cycle 3 is proposed
+    print("val_accuracy: 0.9")
+else:
+    print("val_accuracy: 0.4")
+"""
+    root = exp(trial, target=1.5, space={"x": {"type": "float", "low": 0.05, "high": 0.95, "default": 0.5}},
+               safeguards={"max_cycles": 3, "no_improvement_stop_cycles": 20}, execution={"max_concurrency": 2})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    recs = {r["cycle"]: r for r in recorded(root)}
+    third, x2 = recs[3]["proposal"], recs[2]["proposal"]["params"]["x"]
+    assert third["meta"] == {"source": "leader", "steered": True, "from_cycle": 2}, third
+    assert "following cycle 2 in flight (val_accuracy 0.9 at step 1, past the best 0.5 of cycle 1)" in third["rationale"]
+    assert any(abs(third["params"]["x"] - min(0.95, max(0.05, x2 * f))) < 1e-12 for f in (0.8, 1.25)), (x2, third)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
 
 from ralph_ml.agents import AgentContext, BuiltinAgent
+from ralph_ml.agents.base import InFlight
 import random
 
 from ralph_ml.agents.builtin import inside, nominal, screen_order, toward
@@ -433,3 +435,78 @@ def test_a_pruned_cycle_is_told_to_tpe_as_pruned_at_its_last_value_not_as_a_fail
             agent.observe(rec)
         got = [(t.state.name, t.intermediate_values) for t in agent.study.trials]
         assert got == [("COMPLETE", {}), ("PRUNED", {4: 0.21}), ("PRUNED", {})], got
+
+
+# -- a cycle in flight that has overtaken the best (parallel trials) ---------------------
+def _flight(cycle: int, params: dict[str, Any], value: float | None, step: int | None = 6) -> InFlight:
+    return InFlight(cycle, Proposal(params=params, meta={"source": "screen"}), value, step)
+
+
+def _moved_as_pbt(space: dict[str, Param], before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Every numeric parameter x0.8 or x1.25 (clamped; an int by at least one step), a numeric
+    choice kept or a neighbour, a nominal one kept."""
+    for name, p in space.items():
+        b, a = before[name], after[name]
+        if nominal(p):
+            if a != b:
+                return False
+        elif p.type == "categorical":
+            choices = list(p.choices or [])
+            if abs(choices.index(a) - choices.index(b)) > 1:
+                return False
+        elif p.type == "int":
+            if a not in {inside(p, int(round(b * f))) for f in (0.8, 1.25)} | {inside(p, b - 1), inside(p, b + 1)}:
+                return False
+        elif not any(math.isclose(a, inside(p, b * f)) for f in (0.8, 1.25)):
+            return False
+    return True
+
+
+def test_a_cycle_in_flight_past_the_best_is_perturbed_instead_of_following_the_best() -> None:
+    c = cfg(steer=True, screen=False)
+    agent = BuiltinAgent(c)
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]  # the best's advice would move lr and dropout
+    agent.observe(h[0])
+    lead = {"lr": 1e-2, "width": 64, "dropout": 0.2, "opt": "adam"}
+    ahead = _flight(2, lead, 0.85)
+    first = agent.propose(replace(context(c, h, pending=(ahead.proposal,)), in_flight=(ahead,)))
+    assert first.meta == {"source": "leader", "steered": True, "from_cycle": 2}
+    assert first.params["opt"] == "adam" and first.params != lead and _moved_as_pbt(c.search_space, lead, first.params)
+    assert "following cycle 2 in flight (acc 0.85 at step 6, past the best 0.6 of cycle 1)" in first.rationale
+    pending = (ahead.proposal, first)
+    second = agent.propose(replace(context(c, h, pending=pending), in_flight=(ahead, InFlight(3, first))))
+    assert second.meta["source"] == "leader" and second.params not in (first.params, lead)
+    pending = (*pending, second)
+    third = agent.propose(replace(context(c, h, pending=pending), in_flight=(ahead, InFlight(3, first), InFlight(4, second))))
+    assert third.meta["source"] == "analysis"  # two per leader: then the best's own advice again
+
+
+def test_a_cycle_in_flight_not_past_the_best_by_the_delta_changes_nothing() -> None:
+    c = cfg(steer=True, screen=False)
+    c = c.model_copy(update={"safeguards": c.safeguards.model_copy(update={"min_improvement_delta": 0.001})})
+    h = [with_analysis(record(1, BASE, 0.6, True), UNDERFIT)]
+    code_change = InFlight(2, Proposal(params={**BASE, "lr": 1e-2}, patch="--- a/train.py\n+++ b/train.py\n"), 0.9, 6)
+    for flight in (_flight(2, {**BASE, "lr": 1e-2}, 0.6005), _flight(2, {**BASE, "lr": 1e-2}, None),
+                   _flight(2, {**BASE, "lr": 1e-2}, float("nan")), code_change):  # a code change's lead is its code's
+        agent = BuiltinAgent(c)
+        agent.observe(h[0])
+        prop = agent.propose(replace(context(c, h, pending=(flight.proposal,)), in_flight=(flight,)))
+        assert prop.meta["source"] == "analysis", flight  # min_improvement_delta (0.001) not cleared
+    off = cfg(steer=False, screen=False)
+    agent = BuiltinAgent(off)
+    agent.observe(h[0])
+    ahead = _flight(2, {**BASE, "lr": 1e-2}, 0.9)
+    assert agent.propose(replace(context(off, h, pending=(ahead.proposal,)), in_flight=(ahead,))).meta["source"] == "tpe"
+
+
+def test_the_leader_is_the_one_furthest_past_the_best_and_minimizing_counts_down() -> None:
+    c = Config.model_validate({"project": {"seed": 7, "target_metric": {"name": "loss", "value": 0.01, "direction": "minimize"}},
+                               "agents": {"steer": True, "screen": False}, "search_space": SPACE})
+    agent = BuiltinAgent(c)
+    h = [record(1, BASE, 0.5, True)]
+    agent.observe(h[0])
+    flights = (_flight(2, {**BASE, "width": 100}, 0.4), _flight(3, {**BASE, "width": 200}, 0.3, None), _flight(4, {**BASE, "width": 50}, 0.7))
+    ctx = replace(context(c, h, pending=tuple(f.proposal for f in flights)), in_flight=flights, target_name="loss", direction="minimize")
+    prop = agent.propose(ctx)
+    assert prop.meta["from_cycle"] == 3 and "(loss 0.3 on its first run, past the best 0.5 of cycle 1)" in prop.rationale
+    assert _moved_as_pbt(c.search_space, {**BASE, "width": 200}, prop.params)

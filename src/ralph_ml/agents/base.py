@@ -10,6 +10,18 @@ from ..records import Analysis, CycleRecord, Proposal, TrialResult
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A cycle in flight, as far as it has got: its latest target metric, from the last
+    progress row that reports it (``step``), or its first run's once the trial has ended
+    (``step`` None; its noise repeats may still run). ``value`` None: nothing reported yet."""
+
+    cycle: int
+    proposal: Proposal
+    value: float | None = None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
 class AgentContext:
     """A read-only view of the run that an agent may use to propose the next cycle."""
 
@@ -25,6 +37,7 @@ class AgentContext:
     tokens_left_cycle: int | None = None  # of safeguards.token_budget_per_cycle
     cycle_dir: str | None = None  # runs/cycle_NNNN: agents write transcripts under agent/
     pending: tuple[Proposal, ...] = ()  # proposals of the cycles in flight (parallel trials)
+    in_flight: tuple[InFlight, ...] = ()  # the same cycles, with how far each has got
 
 
 class Agent(abc.ABC):

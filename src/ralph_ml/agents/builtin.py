@@ -2,8 +2,9 @@
 
 Deterministic given the project seed *and the history*: each proposal is a function of the
 seed, the cycle and the recorded cycles (TPE uses a sampler seeded by ``(seed, cycle)`` over
-a study rebuilt from the journal), so a resumed run proposes exactly what an uninterrupted
-one would, and never re-proposes a configuration it already tried. In order:
+a study rebuilt from the journal), and with parallel trials of how far the cycles in flight
+have got; so a resumed run of one trial at a time proposes exactly what an uninterrupted one
+would, and no run re-proposes a configuration it already tried. In order:
 
 1. Cycle 1 runs the baseline (the ``default`` of every parameter).
 2. Structure first, while the best is *far* from the target: every choice of a nominal
@@ -23,7 +24,11 @@ one would, and never re-proposes a configuration it already tried. In order:
    range on that side (log-uniform for log parameters), the others kept. A step of random
    size finds how far to go without a line search; a new best brings its own diagnosis.
    At most ``_DIRECTED_TRIES`` such proposals per best: after that many without a new best
-   the advice is spent and TPE takes over.
+   the advice is spent and TPE takes over. Before it, with parallel trials: when a cycle in
+   flight already beats the best (by the target metric it reported so far, or its first
+   run's), the best's advice is about a configuration already overtaken, and the leader's
+   configuration is perturbed instead (each numeric parameter x0.8 or x1.25, as
+   population-based training explores), at most ``_LEADER_TRIES`` times per leader.
 4. Otherwise TPE (multivariate, constant liar for parallel proposals), whose random
    start-up counts the cycles above.
 """
@@ -50,6 +55,10 @@ _RESAMPLE_TRIES = 20
 _SCREEN_SHARE = 0.5
 # Proposals that follow one best cycle's diagnosis before TPE takes over again.
 _DIRECTED_TRIES = 2
+# Proposals that perturb one cycle in flight which has overtaken the best (parallel trials).
+_LEADER_TRIES = 2
+# A perturbed parameter is multiplied by one of these (population-based training's explore).
+_PERTURB = (0.8, 1.25)
 
 
 def distributions(space: Mapping[str, Param]) -> dict[str, BaseDistribution]:
@@ -183,6 +192,25 @@ def toward(p: Param, value: Any, direction: str, rng: random.Random) -> Any | No
         if x == float(value):
             return None
     return float(min(p.high, max(p.low, x)))
+
+
+def perturb(p: Param, value: Any, rng: random.Random) -> Any:
+    """``value`` moved as population-based training explores: a number multiplied by 0.8 or
+    1.25 (an int by at least one step), a numeric choice to a neighbouring one half the time,
+    kept inside ``p``'s range; a nominal choice is kept (the structure is what leads)."""
+    if p.type == "categorical":
+        choices = list(p.choices or [])
+        if nominal(p) or value not in choices or rng.random() < 0.5:
+            return value
+        i = choices.index(value) + rng.choice((-1, 1))
+        return choices[min(len(choices) - 1, max(0, i))]
+    factor = rng.choice(_PERTURB)
+    if p.type == "int":
+        v = int(round(float(value) * factor))
+        if v == int(value):
+            v += int(p.step or 1) * (1 if factor > 1 else -1)
+        return inside(p, v)
+    return inside(p, float(value) * factor)
 
 
 class BuiltinAgent(Agent):
@@ -395,6 +423,39 @@ class BuiltinAgent(Agent):
                              f"{said}, a random step each, the rest of its configuration kept{note}")
         return None
 
+    # -- following a cycle in flight that has overtaken the best ------------------------
+    def _leader(self, ctx: AgentContext) -> tuple[dict[str, Any], str, int] | None:
+        """The configuration of the cycle in flight whose target metric (reported so far, or
+        its first run's) beats the best by ``min_improvement_delta``, each numeric parameter
+        perturbed (see ``perturb``): with parallel trials, the best's own advice is about a
+        configuration already overtaken. At most ``_LEADER_TRIES`` proposals per leader."""
+        best = ctx.best
+        if not self.cfg.agents.steer or best is None or best.metric is None or not math.isfinite(best.metric):
+            return None
+        up = self.cfg.target.dir.value == "maximize"
+        bar = best.metric + self.cfg.safeguards.min_improvement_delta * (1 if up else -1)
+        ahead = [f for f in ctx.in_flight if f.value is not None and math.isfinite(f.value) and not f.proposal.patch
+                 and (f.value > bar if up else f.value < bar)]  # a code change's lead is its code's: not ours to vary
+        if not ahead:
+            return None
+        lead = max(ahead, key=lambda f: (f.value or 0.0) * (1 if up else -1))
+        params = self._ran(lead.proposal.params)
+        if set(params) != set(self.space):
+            return None
+        since = [r.proposal for r in ctx.history] + list(ctx.pending)
+        if sum(p.meta.get("source") == "leader" and p.meta.get("from_cycle") == lead.cycle for p in since) >= _LEADER_TRIES:
+            return None
+        numeric = [n for n, p in self.space.items() if not nominal(p)]
+        for attempt in range(_RESAMPLE_TRIES):
+            rng = random.Random((self.seed * 1_000_003 + ctx.cycle * 7_919 + attempt) * 37 + 29)
+            out = {**params, **{n: perturb(self.space[n], params[n], rng) for n in numeric}}
+            if out != params and _key(out) not in self.tried:
+                where = f"at step {lead.step}" if lead.step is not None else "on its first run"
+                return out, (f"following cycle {lead.cycle} in flight ({self.cfg.target.name} {lead.value:.4g} {where}, "
+                             f"past the best {best.metric:.4g} of cycle {best.cycle}): its configuration with each numeric "
+                             f"parameter moved by x0.8 or x1.25, as population-based training explores"), lead.cycle
+        return None
+
     def propose(self, ctx: AgentContext) -> Proposal:
         if not self.space:
             if ctx.history:
@@ -411,6 +472,12 @@ class BuiltinAgent(Agent):
             params, why = screened
             self.tried.add(_key(params))
             return Proposal(params=params, rationale=why, agent=self.name, meta={"source": "screen"})
+        leader = self._leader(ctx)
+        if leader is not None:
+            params, why, cycle = leader
+            self.tried.add(_key(params))
+            return Proposal(params=params, rationale=why, agent=self.name,
+                            meta={"source": "leader", "steered": True, "from_cycle": cycle})
         directed = self._directed(ctx)
         if directed is not None:
             params, why = directed
