@@ -379,6 +379,7 @@ def status(
     if data.get("status") in ("running", "paused") and not alive:
         data["status"] = "interrupted"
     data["loop_alive"] = alive
+    data["in_flight_progress"] = _in_flight_progress(cfg, data)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -392,6 +393,12 @@ def status(
     t.add_row("cycle / phase", f"{data['cycle']} / {data['phase']}"
               + (f" · in flight: cycles {', '.join(map(str, flying))}" if len(flying) > 1 else ""))
     t.add_row("target", f"{tgt['name']} {op} {tgt['value']}")
+    progress = data["in_flight_progress"]
+    if progress:
+        t.add_row("in flight", "; ".join(
+            f"cycle {c}: " + ("no progress reported" if p is None else f"{tgt['name']} {p['value']:.4g}"
+                              + (f" at step {p['step']}" if p["step"] is not None else ""))
+            for c, p in progress.items()))
     b = data.get("best")
     stop_note = f" (stopped at step {b['stopped_at_step']}, where it met the target)" if b and b.get("stopped_at_step") is not None else ""
     t.add_row("best", "none yet" if not b else f"{b['metric']:.6g} at cycle {b['cycle']}{stop_note}")
@@ -426,6 +433,19 @@ def status(
         s = data["stop"]
         t.add_row("stopped", f"{s['reason']} (exit {s['exit_code']}): {s['message']}")
     console.print(t)
+
+
+def _in_flight_progress(cfg: Config, data: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Each cycle in flight: the last value of the target metric its progress rows report, and
+    its step (None: nothing reported yet)."""
+    from .journal import cycle_folder
+    from .pruning import last_reported
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for c in data.get("in_flight") or []:
+        seen = last_reported(cfg.path(cfg.paths.runs) / cycle_folder(int(c)) / "progress.jsonl", cfg.target.name)
+        out[str(c)] = None if seen is None else {"step": seen[0], "value": seen[1]}
+    return out
 
 
 def _send(action: str, config: Optional[Path]) -> None:

@@ -292,3 +292,34 @@ else:
     assert third["meta"] == {"source": "leader", "steered": True, "from_cycle": 2}, third
     assert "following cycle 2 in flight (val_accuracy 0.9 at step 1, past the best 0.5 of cycle 1)" in third["rationale"]
     assert any(abs(third["params"]["x"] - min(0.95, max(0.05, x2 * f))) < 1e-12 for f in (0.8, 1.25)), (x2, third)
+
+
+def test_status_shows_how_far_each_trial_in_flight_has_got(exp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gate = tmp_path / "release"
+    trial = f"""
+import os, pathlib, time
+from ralph_ml import trial
+cycle = int(os.environ["RALPH_CYCLE"])
+trial.report(3, val_accuracy=0.25 * cycle)
+while not pathlib.Path({str(gate)!r}).exists():
+    time.sleep(0.05)
+print("val_accuracy:", 0.25 * cycle)
+"""
+    root = exp(trial, target=1.5, safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 20},
+               execution={"max_concurrency": 2})
+    proc = ralph_bg(root, "start")
+    try:
+        deadline, shown = time.monotonic() + 60, ""
+        while time.monotonic() < deadline:
+            shown = ralph(root, "status").stdout
+            if "cycle 2: val_accuracy 0.5 at step 3" in shown:
+                break
+            time.sleep(0.2)
+        assert "cycle 1: val_accuracy 0.25 at step 3" in shown and "cycle 2: val_accuracy 0.5 at step 3" in shown, shown
+        machine = json.loads(ralph(root, "status", "--json").stdout)["in_flight_progress"]
+        assert machine == {"1": {"step": 3, "value": 0.25}, "2": {"step": 3, "value": 0.5}}, machine
+    finally:
+        gate.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, out + err
+    assert json.loads(ralph(root, "status", "--json").stdout)["in_flight_progress"] == {}
