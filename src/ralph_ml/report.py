@@ -186,14 +186,23 @@ def cycle_views(records: list[CycleRecord], cfg: Config, runs_dir: Path | None =
     best: CycleRecord | None = None
     eff: dict[int, dict[str, Any]] = {}
     seen: dict[int, CycleRecord] = {}
+    by_cycle = {r.cycle: r for r in records}
     for r in records:
         cdir = runs_dir / cycle_folder(r.cycle)
         # Compared with the version it was built on (the best when it started): with several
         # cycles in flight, or after a resume, the best when it was recorded can be a cycle
         # that did not exist when it was proposed. Without one (the first cycle, a draft from
-        # the workspace, a fix of a failed version), the best so far.
+        # the workspace, a fix of a failed version), the best so far. A perturbation of a
+        # cycle that was in flight (the built-in agent's "leader") is compared with that
+        # cycle, which may be recorded after it.
         parent = seen.get(r.parent) if r.parent is not None else None
+        lead = by_cycle.get(r.proposal.meta.get("from_cycle", -1)) if r.proposal.meta.get("source") == "leader" else None
+        if lead is not None and lead.metric is not None and lead.cycle != r.cycle:
+            parent = lead
         baseline = parent if parent is not None and parent.metric is not None else best
+        if baseline is not None and baseline.cycle not in eff:  # the leader, recorded later
+            eff[baseline.cycle] = _read_params(runs_dir / cycle_folder(baseline.cycle) / "params.json") or {
+                **defaults, **baseline.proposal.params}
         base_params = eff[baseline.cycle] if baseline is not None else defaults
         params = _read_params(cdir / "params.json") or {**base_params, **r.proposal.params}
         eff[r.cycle] = params

@@ -207,3 +207,15 @@ def test_token_and_cost_totals_include_the_analysis_agent(tmp_path: Path) -> Non
     j.close()
     files = build_report(cfg, charts_enabled=False)
     assert "12 tokens" in files.markdown.read_text()  # 5 for the proposal + 7 for the analysis
+
+
+def test_a_perturbation_of_a_cycle_in_flight_is_compared_with_that_cycle(tmp_path: Path) -> None:
+    # Cycle 3 perturbed cycle 2 while it trained (the built-in agent's leader rule) and was
+    # recorded first: its change and its delta are against cycle 2, not the best (cycle 1).
+    lead = replace(rec(3, {"lr": 0.04, "opt": "adam"}, 0.75, "kept"),
+                   proposal=Proposal(params={"lr": 0.04, "opt": "adam"}, meta={"source": "leader", "from_cycle": 2}))
+    records = [rec(1, {"lr": 0.01, "opt": "sgd"}, 0.5, "kept"), lead, rec(2, {"lr": 0.05, "opt": "adam"}, 0.7, "discarded")]
+    v = {x.cycle: x for x in cycle_views(records, _cfg(tmp_path), tmp_path / "no-runs")}
+    assert v[3].baseline is records[2] and v[3].changes == (Change("lr", 0.05, 0.04),)
+    assert v[3].delta == pytest.approx(0.05)
+    assert v[2].baseline is records[1] and v[2].delta == pytest.approx(-0.05)  # cycle 2 against the best then: cycle 3
