@@ -44,3 +44,28 @@ def test_a_template_typo_fails_when_the_agent_is_created(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as ei:
         get_agent(load_config(root / "ralph.toml"))
     assert "propose_patch.md" in str(ei.value) and "$progam" in str(ei.value)
+
+
+def test_the_prompt_shows_the_trials_in_flight_and_how_far_each_has_got(tmp_path: Path) -> None:
+    from ralph_ml.agents.base import InFlight
+    from ralph_ml.records import Proposal
+
+    running = (InFlight(2, Proposal(params={"x": 0.6}), 0.93, 4), InFlight(3, Proposal(params={"x": 0.2}), 0.71, None),
+               InFlight(4, Proposal(params={"x": 0.9})))
+    with FakeLLM([ok({"rationale": "r", "params": {"x": 0.3}}), ok({"rationale": "r", "params": {"x": 0.4}})]) as srv:
+        cfg = load_config(_root(tmp_path, srv.url) / "ralph.toml")
+        agent = get_agent(cfg)
+        ctx = AgentContext(cycle=5, history=(), best=None, last_analysis=None, search_space=cfg.search_space,
+                           target_name="val_accuracy", direction="maximize", pending=tuple(f.proposal for f in running),
+                           in_flight=running)
+        agent.propose(ctx)
+        agent.propose(AgentContext(cycle=1, history=(), best=None, last_analysis=None, search_space=cfg.search_space,
+                                   target_name="val_accuracy", direction="maximize"))
+        prompts = [r["body"]["messages"][1]["content"] for r in srv.requests]
+    section = prompts[0].split("## Running now (parallel trials; their configurations are taken)\n")[1]
+    assert section.splitlines()[:3] == [
+        "- cycle 2 (x=0.6): val_accuracy 0.93 at step 4 so far (still training)",
+        "- cycle 3 (x=0.2): val_accuracy 0.71 on its first run (it has ended; not recorded yet)",
+        "- cycle 4 (x=0.9): nothing reported yet",
+    ]
+    assert "## Running now (parallel trials; their configurations are taken)\n(none: no other trial is running)" in prompts[1]

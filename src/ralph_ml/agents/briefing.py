@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 from ..config import Config
 from ..records import CycleRecord
+from .base import InFlight
 from . import memory
 from ._text import clip
 from .codebase import PLAN_FILE, program_text
@@ -22,6 +23,7 @@ _SHARES = {
     "history": 0.15,
     "experience": 0.08,
     "feedback": 0.06,
+    "in_flight": 0.04,
     "space": 0.04,
     "best": 0.02,
 }
@@ -41,6 +43,7 @@ def base_values(
     cycle: int,
     best: CycleRecord | None,
     code: Mapping[str, str],
+    in_flight: Sequence[InFlight] = (),
 ) -> dict[str, str]:
     llm = cfg.agents.llm
     budget = llm.prompt_budget_chars
@@ -60,6 +63,7 @@ def base_values(
             "history": memory.history_table(history, rows=llm.history_rows, direction=direction),
             "experience": memory.experience_log(history, direction=direction),
             "feedback": memory.feedback(history),
+            "in_flight": memory.in_flight(in_flight, cfg.target.name),
             "code": memory.code_block(code, min(llm.code_budget_chars, int(budget * _SHARES["code"]))),
             "mutable": ", ".join([*cfg.files.mutable, PLAN_FILE]),
             "frozen": ", ".join(cfg.files.frozen) or "(none)",

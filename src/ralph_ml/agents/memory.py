@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 from ..records import CycleRecord, Proposal
 from ..workspace import parse_patch, patch_paths
 from ._text import clip
+from .base import InFlight
 
 _BEST_ROWS = 3
 
@@ -154,6 +155,22 @@ def feedback(history: Sequence[CycleRecord], limit: int = 2_000) -> str:
         for r in last.analysis.recommendations[:4]:
             lines.append(f"- [{r.confidence}] {r.action}: {r.rationale}")
     return clip("\n".join(lines), limit)
+
+
+def in_flight(flights: Sequence[InFlight], target_name: str) -> str:
+    """The trials running beside this proposal (parallel trials), with how far each has got."""
+    if not flights:
+        return "(none: no other trial is running)"
+    lines = []
+    for f in flights:
+        if f.value is None or not math.isfinite(f.value):
+            how = "nothing reported yet"
+        elif f.step is None:
+            how = f"{target_name} {f.value:.6g} on its first run (it has ended; not recorded yet)"
+        else:
+            how = f"{target_name} {f.value:.6g} at step {f.step} so far (still training)"
+        lines.append(f"- cycle {f.cycle} ({proposal_summary(f.proposal, 160)}): {how}")
+    return "\n".join(lines)
 
 
 def code_block(files: Mapping[str, str], budget: int) -> str:

@@ -259,7 +259,8 @@ class OpenAIAgent(Agent):
                 return first
             code = code_files(base, self.cfg)
             frozen = {p: t for p, t in self._frozen_text(base).items() if p not in code}
-            values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen})
+            values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen},
+                                 in_flight=ctx.in_flight)
             values["missing"] = ", ".join(missing)
             values["base"] = on.why
             if on.fix_of is not None:
