@@ -266,10 +266,11 @@ class TrialPruner:
         optimistic = pred + half if self.direction is Direction.MAXIMIZE else pred - half
         if self.direction.better(optimistic, self.best_final):
             return PruneVerdict(False)
+        d = next((d for d in range(4, 12) if f"{optimistic:.{d}g}" != f"{self.best_final:.{d}g}"), 12)
         return PruneVerdict(
-            True,
-            f"forecast: {self.metric} at step {last} ≈ {pred:.6g} ± {half:.3g}; even {optimistic:.6g} "
-            f"cannot beat the best {self.best_final:.6g}",
+            True,  # 4 significant digits, more where the optimistic end and the best would read the same
+            f"forecast: {self.metric} at step {last} ≈ {pred:.{d}g} ± {half:.2g}; even {optimistic:.{d}g} "
+            f"cannot beat the best {self.best_final:.{d}g}",
             step,
         )
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from ralph_ml.config import Config
@@ -57,6 +58,8 @@ def test_forecast_pruner_only_stops_when_it_cannot_win(tmp_path: Path) -> None:
     hopeless = saturating(0.4)
     verdicts = [p.update(s, [{"step": i, "acc": hopeless[i]}]) for i in range(6)]
     assert any(v.prune for v in verdicts) and "forecast" in next(v for v in verdicts if v.prune).reason
+    reason = next(v for v in verdicts if v.prune).reason  # 4 significant digits where they tell the values apart
+    assert re.fullmatch(r"forecast: acc at step 9 ≈ \d\.\d{1,4} ± [\d.e-]+; even \d\.\d{1,4} cannot beat the best \d\.\d{1,4}", reason), reason
     p.finish(s, True, None)
     s = p.start({"epochs": 10})
     close = saturating(0.92)
