@@ -101,11 +101,11 @@ class LinePrinter:
         elif kind == "repeats":  # noise-aware keeps: the cycle is about to be re-run with other seeds
             seed, n = self.cfg.project.seed, int(d.get("n") or 0)
             seeds = f"seed{'s' if n > 1 else ''} " + ", ".join(str(seed + k) for k in range(1, n + 1))
+            beats = f"beats the best ({_fmt(d.get('best'))}, cycle {d.get('best_cycle')})"
             if d.get("waiting_for") is not None:  # another candidate is being confirmed: judged after it
-                why = (f"beats the best ({_fmt(d.get('best'))}, cycle {d.get('best_cycle')}): judged again once "
-                       f"cycle {d['waiting_for']}'s re-runs are recorded")
+                why = f"{beats}: judged again once cycle {d['waiting_for']}'s re-runs are recorded"
             elif d.get("reason") == "confirm":
-                why = f"beats the best ({_fmt(d.get('best'))}, cycle {d.get('best_cycle')}): re-run with {seeds} before it is kept"
+                why = f"{beats}: re-run with {seeds} before it is kept"
             else:
                 why = f"is the first result: re-run with {seeds} to measure the run-to-run noise"
             p(f"   {self._lead(d)}{self.cfg.target.name} {_fmt(d.get('first'))} {why}")

@@ -787,11 +787,9 @@ class Loop:
         """``repeats``: cycle ``f`` (first run ``metric``) is re-run with ``n`` more seeds, now
         or once ``waiting_for``'s repeats are recorded; ``reason`` "noise" when it measures the
         run-to-run noise (the first result), "confirm" when it is a candidate new best."""
-        best = self.totals.best
-        confirm = self.totals.best_seen is not None and best is not None
-        self.emit("repeats", {"cycle": f.cycle, "first": metric, "n": n, "reason": "confirm" if confirm else "noise",
-                              "best": best.metric if confirm and best is not None else None,
-                              "best_cycle": best.cycle if confirm and best is not None else None,
+        best = self.totals.best if self.totals.best_seen is not None else None
+        self.emit("repeats", {"cycle": f.cycle, "first": metric, "n": n, "reason": "confirm" if best else "noise",
+                              "best": best.metric if best else None, "best_cycle": best.cycle if best else None,
                               "waiting_for": waiting_for})
 
     def _repeater(self, f: Flight, n: int, resources: dict[str, str] | None, time_left_s: float | None) -> None:

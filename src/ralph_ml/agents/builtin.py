@@ -213,6 +213,11 @@ def perturb(p: Param, value: Any, rng: random.Random) -> Any:
     return inside(p, float(value) * factor)
 
 
+def _following(proposals: list[Proposal], source: str, cycle: int) -> int:
+    """How many of ``proposals`` the agent made from cycle ``cycle`` by rule ``source``."""
+    return sum(p.meta.get("source") == source and p.meta.get("from_cycle") == cycle for p in proposals)
+
+
 class BuiltinAgent(Agent):
     name = "builtin"
 
@@ -401,8 +406,7 @@ class BuiltinAgent(Agent):
         if not recs:
             return None
         since = [r.proposal for r in ctx.history if r.cycle > best.cycle] + list(ctx.pending)
-        tries = sum(p.meta.get("source") == "analysis" and p.meta.get("from_cycle") == best.cycle for p in since)
-        if tries >= _DIRECTED_TRIES:
+        if _following(since, "analysis", best.cycle) >= _DIRECTED_TRIES:
             return None
         moves: dict[str, str] = {}
         for r in recs:
@@ -432,18 +436,17 @@ class BuiltinAgent(Agent):
         best = ctx.best
         if not self.cfg.agents.steer or best is None or best.metric is None or not math.isfinite(best.metric):
             return None
-        up = self.cfg.target.dir.value == "maximize"
-        bar = best.metric + self.cfg.safeguards.min_improvement_delta * (1 if up else -1)
+        direction, delta = self.cfg.target.dir, self.cfg.safeguards.min_improvement_delta
         ahead = [f for f in ctx.in_flight if f.value is not None and math.isfinite(f.value) and not f.proposal.patch
-                 and (f.value > bar if up else f.value < bar)]  # a code change's lead is its code's: not ours to vary
+                 and direction.better(f.value, best.metric, delta)]  # a code change's lead is its code's: not ours to vary
         if not ahead:
             return None
-        lead = max(ahead, key=lambda f: (f.value or 0.0) * (1 if up else -1))
+        sign = 1 if direction.value == "maximize" else -1
+        lead = max(ahead, key=lambda f: (f.value or 0.0) * sign)
         params = self._ran(lead.proposal.params)
         if set(params) != set(self.space):
             return None
-        since = [r.proposal for r in ctx.history] + list(ctx.pending)
-        if sum(p.meta.get("source") == "leader" and p.meta.get("from_cycle") == lead.cycle for p in since) >= _LEADER_TRIES:
+        if _following([r.proposal for r in ctx.history] + list(ctx.pending), "leader", lead.cycle) >= _LEADER_TRIES:
             return None
         numeric = [n for n, p in self.space.items() if not nominal(p)]
         for attempt in range(_RESAMPLE_TRIES):
