@@ -142,6 +142,10 @@ class Execution(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     # Fallback when metrics.json is absent: `name: value` / `name=value` lines on stdout.
     metrics_pattern: str = r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
+    # The key that numbers the steps of a learning curve train_cmd prints (`epoch 3 val_accuracy=0.8`,
+    # Keras's `Epoch 3/10`): each printed line with metrics becomes a progress.jsonl row
+    # (ralph_ml.stdout_curve), for scripts that do not call trial.report. None: off.
+    stdout_progress: Optional[str] = None
     kill_grace_s: float = Field(default=5.0, ge=0.0)
     max_concurrency: int = Field(default=1, ge=1, le=256)  # K trials at once
     # GPUs of the pool: a list of ids (indices, or GPU-/MIG- UUIDs), or "auto" (CUDA_VISIBLE_DEVICES
@@ -171,6 +175,16 @@ class Execution(_Model):
         bad = [m for m in v if not all(part.isidentifier() for part in m.split("."))]
         if bad:
             raise ValueError(f"preload takes importable module names such as 'torch' or 'sklearn.datasets', got {bad}")
+        return v
+
+    @field_validator("stdout_progress")
+    @classmethod
+    def _step_key(cls, v: Optional[str]) -> Optional[str]:
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w./-]*", v):
+            raise ValueError("stdout_progress takes the name that numbers the steps as train_cmd prints it, "
+                             "such as \"epoch\" (for `epoch 3 val_accuracy=0.8` or `Epoch 3/10`) or \"step\"")
         return v
 
     @field_validator("metrics_pattern")

@@ -15,6 +15,7 @@ from .checks import trial_path_env
 from .config import Config, TargetMetric
 from .journal import write_json_atomic
 from .records import FailureClass, TrialResult, TrialStatus
+from .stdout_curve import STDOUT_PROGRESS_VAR
 
 # The loop's request to one trial ($RALPH_CONTROL_PATH): {"action": "stop", "reason": ...};
 # the pruner's also carries "by": "pruner", "step" and "rows_seen" (how far it had read).
@@ -40,6 +41,8 @@ def trial_env(cfg: Config, run_id: str, cycle: int, cdir: Path, params: Mapping[
         "PYTHONUNBUFFERED": "1",
         **cfg.execution.env,
     }
+    if cfg.execution.stdout_progress:
+        env[STDOUT_PROGRESS_VAR] = cfg.execution.stdout_progress
     if cfg.stops_at_target:
         t = cfg.target
         env["RALPH_STOP_AT_TARGET"] = json.dumps({"name": t.name, "value": t.value, "direction": t.dir.value})

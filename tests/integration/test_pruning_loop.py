@@ -292,3 +292,39 @@ def test_the_digits_template_is_pruned_on_its_validation_curve(tmp_path: Path) -
     trace = json.loads((root / "reports" / "timeline.json").read_text())["traceEvents"]
     (mark,) = [e for e in trace if e["name"] == "prune"]
     assert mark["ph"] == "i" and mark["args"]["cycle"] == 2 and "val_accuracy" in mark["args"]["reason"]
+
+
+PRINTED_CURVE = """
+import json, math, os, time
+x = json.load(open(os.environ["RALPH_PARAMS"]))["x"]
+top = 1 - (x - 0.7) ** 2
+for epoch in range(20):
+    acc = top * (1 - math.exp(-(epoch + 1) / 3))
+    print(f"epoch {epoch} train_loss={1 - acc:.4f} val_accuracy={acc:.4f}", flush=True)
+    time.sleep(0.06)
+print(f"val_accuracy: {acc:.4f}")
+"""
+
+
+def test_a_script_that_only_prints_its_curve_is_pruned_from_its_stdout(exp) -> None:  # type: ignore[no-untyped-def]
+    """No ralph_ml import, no progress.jsonl of its own: with execution.stdout_progress the
+    printed `epoch N ... val_accuracy=...` lines are its learning curve, which the pruner reads;
+    it cannot hear the stop request, so it is terminated after the grace, its last row its result."""
+    root = exp(PRINTED_CURVE, target=1.5, space={"x": {"type": "categorical", "choices": [0.7, 0.0], "default": 0.7}},
+               safeguards={"max_cycles": 2}, execution={"stdout_progress": "epoch"},
+               extra={"pruning": {"pruner": "forecast", "max_steps": 19, "n_warmup_steps": 3, "grace_s": 0.3}})
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    first, second = recorded(root)
+    rows1 = [json.loads(line) for line in (root / "runs" / "cycle_0001" / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows1] == list(range(20))  # the whole printed curve, one row per line
+    assert rows1[-1]["val_accuracy"] == pytest.approx(1 - math.exp(-20 / 3), abs=1e-4)
+    assert set(rows1[0]) == {"step", "time", "train_loss", "val_accuracy"}
+    assert first["result"]["status"] == "ok" and first["metric"] == rows1[-1]["val_accuracy"]  # the final line
+    assert second["result"]["status"] == "pruned", second["result"]
+    assert "forecast" in second["result"]["message"]
+    rows2 = [json.loads(line) for line in (root / "runs" / "cycle_0002" / "progress.jsonl").read_text().splitlines()]
+    assert 3 <= len(rows2) < 20 and [r["step"] for r in rows2] == list(range(len(rows2)))
+    assert second["result"]["metrics"]["val_accuracy"] == rows2[-1]["val_accuracy"]  # partial: its last printed row
+    # The report draws the printed curves like reported ones.
+    assert "<h2>Learning curves of the best cycles</h2>" in (root / "reports" / "report.html").read_text()

@@ -35,6 +35,7 @@ from ..hashing import changed_files
 from ..journal import write_json_atomic
 from ..metrics import DEFAULT_METRICS_PATTERN, read_metrics
 from ..records import FailureClass, TrialResult, TrialSpec, TrialStatus
+from ..stdout_curve import STDOUT_PROGRESS_VAR, StdoutCurve
 from ..trial import STOPPED_FILE
 from .base import Executor, TrialHandle
 from .warm import WarmProcess, WarmStarter
@@ -48,6 +49,7 @@ RESULT_FILE = "result.json"  # written once, when the trial ends
 _TAIL_BYTES = 4096  # stderr_tail: at most the last 4 KB ...
 _TAIL_LINES = 40  # ... and 40 lines of stderr.log
 _SUSPENDED_RECHECK_S = 0.5  # while suspended, wake this often to notice a resume() from another thread
+_CURVE_POLL_S = 0.2  # with execution.stdout_progress, how often train_cmd's printed lines are read
 _GROUP_RECHECK_S = 0.02  # during the kill grace, how often to look for group members still alive
 _SWEEP_PASSES = 5  # /proc sweeps repeat until one finds nothing new (catches forks during the sweep)
 # Lower-cased stderr fragments that mean the trial ran out of host or accelerator memory.
@@ -310,6 +312,9 @@ class LocalTrialHandle(TrialHandle):
             self._stopped_path.unlink(missing_ok=True)  # likewise what an interrupted attempt wrote
         except OSError as exc:
             raise ExecutorError(f"cannot prepare the cycle folder {self.cycle_dir}: {exc}") from exc
+        key, progress = spec.env.get(STDOUT_PROGRESS_VAR), spec.env.get("RALPH_PROGRESS_PATH")
+        # execution.stdout_progress: the curve train_cmd prints becomes progress.jsonl rows
+        self._curve = StdoutCurve(self.stdout_log, Path(progress), key) if key and progress else None
         self.started_at = time.time()
         self._phase = "train"
         self._cmd = spec.train_cmd
@@ -334,6 +339,8 @@ class LocalTrialHandle(TrialHandle):
                 if self._result is not None:
                     return self._result
                 slice_s = _SUSPENDED_RECHECK_S if self._suspended_since is not None else self._time_left()
+                if self._curve is not None and self._phase == "train":
+                    slice_s = _CURVE_POLL_S if slice_s is None else min(slice_s, _CURVE_POLL_S)
                 proc, pidfd = self._proc, self._pidfd
             if end is not None:
                 left = end - time.monotonic()
@@ -486,7 +493,9 @@ class LocalTrialHandle(TrialHandle):
 
     def _advance(self) -> None:
         """One non-blocking step of the state machine; sets ``_result`` when the trial ends."""
+        self._pump_curve()
         if self._exited():
+            self._pump_curve(final=True)  # what it printed between the pump above and its exit
             rc = self._reap()
             # What left the group (setsid, start_new_session) still carries the trial's token: a
             # helper that outlived its trial would keep its GPU memory into the next cycle.
@@ -550,9 +559,20 @@ class LocalTrialHandle(TrialHandle):
         while time.monotonic() < deadline and _group_alive(pgid):
             time.sleep(_GROUP_RECHECK_S)
         _killpg(pgid, signal.SIGKILL)
+        self._pump_curve(final=True)  # its last printed rows: a pruned trial's partial result
         rc = self._reap()
         self._end_phase()
         return rc, _sweep(self._token)
+
+    def _pump_curve(self, final: bool = False) -> None:
+        """Turn train_cmd's newly printed lines into progress rows (``execution.stdout_progress``)."""
+        if self._curve is None or self._phase != "train":
+            return
+        try:
+            self._curve.pump(final=final)
+        except OSError as exc:  # fail soft: the trial runs on without a curve
+            log.warning("stopped reading the learning curve from %s into %s: %s", self.stdout_log, self._curve.progress, exc)
+            self._curve = None
 
     def _finish_failed(self, rc: int) -> None:
         tail = read_tail(self.stderr_log)

@@ -1,0 +1,136 @@
+"""Learning curves printed on stdout, for training scripts that do not call ``trial.report``.
+
+With ``execution.stdout_progress = "epoch"`` the trial's handle reads the lines ``train_cmd``
+prints to ``logs/stdout.log`` while it runs and appends one ``progress.jsonl`` row per line
+that carries metrics, as ``trial.report`` would: the pruners, the live view, ``ralph-ml
+status``, the built-in agent's view of trials in flight and the report's learning curves then
+work on an unmodified script. The step is the value of the named key, in any of the forms
+scripts print it::
+
+    epoch 3 train_loss=0.41 val_accuracy=0.83      one line: the step and its metrics
+    Epoch 3/10                                      Keras: the step, then a line of metrics
+    45/45 - 0s - accuracy: 0.91 - loss: 0.30 - val_accuracy: 0.88 - val_loss: 0.41
+    {'eval_loss': 0.52, 'eval_accuracy': 0.8, 'epoch': 3.0}    a printed dict
+
+A line's metrics are every ``name: value`` / ``name=value`` pair in it (a name starts with a
+letter or ``_``; quotes around it are allowed). A line without the step counts only after a
+line that named the step and nothing else (the header above); other lines, such as a summary
+printed after the curve, and lines whose step is not a whole number (``'epoch': 0.5``), are
+skipped. A progress bar's carriage-return
+updates count once, by the text after the last ``\\r``; terminal colour codes are ignored.
+Such a script cannot hear a stop request: a pruned one is terminated ``pruning.grace_s``
+after it, and its last row is its partial result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+STDOUT_PROGRESS_VAR = "RALPH_STDOUT_PROGRESS"  # the step key, set in the trial's environment
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
+_PAIR = re.compile(rf"""(?<![\w.])['"]?([A-Za-z_][\w./-]*)['"]?\s*[:=]\s*({_NUMBER})(?![\w.])""", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_READ_MAX = 4 << 20  # bytes read per pump: a chatty script is followed over several pumps
+_LINE_MAX = 64 << 10  # a longer "line" (no newline in sight) is dropped, not buffered forever
+
+
+class StdoutCurve:
+    """Appends progress rows for the lines of ``log`` written after it was created."""
+
+    def __init__(self, log: Path, progress: Path, step_key: str) -> None:
+        self.log = log
+        self.progress = progress
+        self.key = step_key
+        self._spaced = re.compile(rf"(?<![\w.]){re.escape(step_key)}\s+(\d+)(?:\s*/\s*\d+)?(?![\w.])", re.IGNORECASE)
+        try:
+            self._offset = log.stat().st_size  # an earlier attempt's lines are not this trial's curve
+        except OSError:
+            self._offset = 0
+        self._partial = b""
+        self.step: int | None = None
+        self._open = False  # the last step was named on a line of its own (Keras's `Epoch 3/10`)
+        self.rows = 0
+
+    def pump(self, final: bool = False) -> int:
+        """Read what was printed since the last call; append its rows. ``final``: the command
+        has ended, so a last line without its newline counts too. Returns the rows appended."""
+        try:
+            size = self.log.stat().st_size
+        except OSError:
+            return 0
+        data = b""
+        while self._offset < size:
+            with open(self.log, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(min(_READ_MAX, size - self._offset))
+            if not chunk:
+                break
+            self._offset += len(chunk)
+            data += chunk
+            if not final:
+                break
+        text = self._partial + data
+        lines = text.split(b"\n")
+        self._partial = lines.pop()
+        if final:
+            lines.append(self._partial)
+            self._partial = b""
+        elif len(self._partial) > _LINE_MAX:
+            self._partial = b""
+        out = []
+        for raw in lines:
+            row = self.parse(raw.decode("utf-8", "replace"))
+            if row is not None:
+                out.append(json.dumps(row, allow_nan=False) + "\n")
+        if out:
+            self._append("".join(out))
+            self.rows += len(out)
+        return len(out)
+
+    def parse(self, line: str) -> dict[str, Any] | None:
+        """The row one printed line makes (updating the current step), or None."""
+        line = _ANSI.sub("", line.rsplit("\r", 1)[-1])
+        metrics: dict[str, Any] = {}
+        step: float | None = None
+        for name, value in _PAIR.findall(line):
+            number = float(value)
+            if name.lower() == self.key.lower():
+                step = number
+            elif name not in ("step", "time"):
+                metrics[name] = _json_number(number)
+        if step is None and (m := self._spaced.search(line)):
+            step = float(m.group(1))
+        if step is not None:
+            if not math.isfinite(step) or step != int(step):
+                return None  # 'epoch': 0.5, a logging step inside an epoch: not a point of the curve
+            self.step = int(step)
+            self._open = not metrics  # a header (`Epoch 3/10`): the lines that follow carry its metrics
+        elif not self._open:
+            return None  # no step named, and none open: e.g. the script's summary after its curve
+        if not metrics or self.step is None:
+            return None
+        return {**metrics, "step": self.step, "time": time.time()}
+
+    def _append(self, text: str) -> None:
+        self.progress.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.progress, "a+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+                text = "\n" + text  # a line cut off by a killed attempt stays on its own
+            fh.write(text.encode("utf-8"))
+
+
+def _json_number(x: float) -> Any:
+    """As ``trial.report`` writes a metric: NaN and infinities as strings."""
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
