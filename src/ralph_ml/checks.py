@@ -56,6 +56,38 @@ def _check_preload(cfg: Config, rep: CheckReport) -> None:
         )
 
 
+def required_calls(cfg: Config, ws: Path) -> dict[str, list[str]]:
+    """``files.required_calls``, or when unset the ``ralph_ml`` calls each mutable Python file of
+    the workspace makes now (``guard.calls_into_ralph_ml``): what every code change must keep."""
+    if cfg.files.required_calls is not None:
+        return {name: list(calls) for name, calls in cfg.files.required_calls.items()}
+    from .guard import calls_into_ralph_ml
+
+    return calls_into_ralph_ml(ws, cfg.files.mutable)
+
+
+def _check_progress_source(cfg: Config, ws: Path, rep: CheckReport) -> None:
+    """A pruner needs a learning curve: from trial.report (or an adapter), or the printed one."""
+    from .guard import calls_into_ralph_ml
+
+    calls = {c for names in calls_into_ralph_ml(ws, cfg.files.mutable).values() for c in names}
+    reports = any(c.startswith("ralph_ml.adapters.") or c.endswith((".report", ".trial_steps")) for c in calls)
+    python = [rel for rel in cfg.files.mutable if rel.endswith(".py") and (ws / rel).is_file()]
+    if cfg.execution.stdout_progress:
+        if reports:
+            rep.warnings.append(
+                f"execution.stdout_progress = {cfg.execution.stdout_progress!r} is set and {', '.join(python)} also "
+                "reports its curve (trial.report or an adapter): each step would be recorded twice; keep one of the two")
+        return
+    if cfg.pruning.pruner == "none" or reports or not python:
+        return
+    rep.warnings.append(
+        f"pruning.pruner = {cfg.pruning.pruner!r}, but {', '.join(python)} never calls trial.report or a ralph_ml "
+        "adapter, so no trial will have a learning curve to prune on. Report one each epoch "
+        "(trial.report(epoch, val_accuracy=...)), or, if the script prints it (`epoch 3 val_accuracy=0.8`), set "
+        "execution.stdout_progress = \"epoch\"")
+
+
 def _check_pruning(cfg: Config, rep: CheckReport) -> None:
     """A pruner fed a training metric works against regularization: say so before it runs."""
     metric = cfg.pruning_metric
@@ -156,6 +188,12 @@ def check_workspace(cfg: Config, *, history: bool = False) -> CheckReport:
     if cfg.execution.preload:
         _check_preload(cfg, rep)
     _check_pruning(cfg, rep)
+    _check_progress_source(cfg, ws, rep)
+    if cfg.agent_name != "builtin":  # the built-in agent only sets hyperparameters
+        kept = required_calls(cfg, ws)
+        if kept:
+            rep.info.append("every code change must keep these calls (files.required_calls): "
+                            + "; ".join(f"{name}: {', '.join(calls)}" for name, calls in kept.items()))
     if history:
         _check_history(cfg, rep)
     if not cfg.search_space:

@@ -278,6 +278,10 @@ class Files(_Model):
     mutable: list[str] = Field(default_factory=lambda: ["train.py"])
     # Glob patterns not copied into cycle snapshots (on top of runs/reports/state/.git).
     exclude: list[str] = Field(default_factory=lambda: ["__pycache__", "*.pyc", ".venv", "data", ".ipynb_checkpoints"])
+    # Calls a code change must keep, per file: {"train.py" = ["ralph_ml.trial.report"]}; a patch
+    # that drops one is rejected by the guard. None: the ralph_ml calls each mutable Python file
+    # makes when the run starts (trial.params, trial.report, ...); {}: none.
+    required_calls: Optional[dict[str, list[str]]] = None
 
 
 class Versioning(_Model):

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_PATCH_BYTES",
     "check_patch",
     "check_python_parses",
+    "calls_into_ralph_ml",
     "check_required_calls",
     "guard_patch",
     "matches",
@@ -262,6 +263,28 @@ def check_required_calls(code_dir: Path, required: Mapping[str, Sequence[str]]) 
                 f"patched file {name!r} no longer calls {missing[0]!r}; the loop needs that call "
                 f"(required calls of {name!r}: {list(wanted)}), keep it in the code."
             )
+
+
+def calls_into_ralph_ml(workspace: Path, mutable: Sequence[str]) -> dict[str, list[str]]:
+    """For ``files.required_calls`` left unset: the ``ralph_ml`` calls (``trial.params``,
+    ``trial.report``, an adapter's callback, ...) each mutable Python file of the workspace makes.
+
+    A patch that drops one would cut the loop off from the trial without failing it: its
+    hyperparameters ignored, no learning curve for the pruners, no stop at the target. Files
+    that do not parse, and globs, are left out (a patch that creates them is not held to
+    anything)."""
+    out: dict[str, list[str]] = {}
+    for rel in mutable:
+        if not rel.endswith(".py") or any(ch in rel for ch in "*?["):
+            continue
+        try:
+            tree = ast.parse((Path(workspace) / rel).read_bytes(), filename=rel)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        names = sorted(n for n in _call_names(tree) if n.startswith("ralph_ml."))
+        if names:
+            out[rel] = names
+    return out
 
 
 def guard_patch(

@@ -27,7 +27,7 @@ from . import materialize, recording
 from .agents import Agent, AgentContext, Analyst, get_agent, get_analyst
 from .agents.base import InFlight
 from .analysis import read_progress
-from .checks import check_workspace, trial_path_env
+from .checks import check_workspace, required_calls, trial_path_env
 from .config import Config
 from .control import ControlReader
 from .cyclefiles import TRIAL_CONTROL_FILE, trial_env
@@ -115,6 +115,7 @@ class Loop:
         self._repeaters: dict[int, tuple[threading.Thread, threading.Event]] = {}  # noise repeats running
         self.run_id = ""
         self.frozen_hashes: dict[str, str] = {}
+        self.required_calls: dict[str, list[str]] = {}  # files.required_calls, as fixed when the run started
         self.base_elapsed = 0.0
         self.t0 = time.monotonic()
         self.phase = "idle"
@@ -211,6 +212,7 @@ class Loop:
                 raise WorkspaceError("the workspace is not ready:\n  - " + "\n  - ".join(rep.errors))
             loop.run_id = _new_run_id()
             loop.frozen_hashes = hash_files(loop.ws, cfg.files.frozen)
+            loop.required_calls = required_calls(cfg, loop.ws)
             loop._setup_git()
             loop.control.clear()
             loop._write_run_env()
@@ -228,6 +230,7 @@ class Loop:
                     "run_id": loop.run_id,
                     "config_path": str(cfg.source),
                     "frozen_hashes": loop.frozen_hashes,
+                    "required_calls": loop.required_calls,
                     "target": {"name": cfg.target.name, "value": cfg.target.value, "direction": cfg.target.dir.value},
                     "seed": cfg.project.seed,
                     "git_branch": loop.git.branch if loop.git else None,
@@ -252,6 +255,8 @@ class Loop:
             rp = replay(loop.journal_path)
             loop.run_id = rp.run["run_id"]
             loop.frozen_hashes = dict(rp.run.get("frozen_hashes", {}))
+            recorded_calls = rp.run.get("required_calls")  # what the run started with (absent: an older run)
+            loop.required_calls = required_calls(cfg, loop.ws) if recorded_calls is None or cfg.files.required_calls is not None else recorded_calls
             for rec in rp.records:
                 loop._apply(rec)
             loop.base_elapsed = rp.elapsed_s
@@ -547,7 +552,8 @@ class Loop:
     def _code_site(self) -> materialize.CodeSite:
         return materialize.CodeSite(cfg=self.cfg, workspace=self.ws, cycle_dir=self.cycle_dir,
                                     skip=(self.runs_dir, self.reports_dir, self.state_dir), git=self.git,
-                                    frozen_hashes=self.frozen_hashes, config_bytes=self._config_bytes)
+                                    frozen_hashes=self.frozen_hashes, config_bytes=self._config_bytes,
+                                    required_calls=self.required_calls)
 
     def _launch(self, cycle: int, proposal: Proposal, *, announce: bool = True) -> Flight:
         """Materialize the cycle's code, guard it, and submit the trial (or settle it as invalid)."""

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from . import recording, versions
 from .config import Config
@@ -41,6 +41,7 @@ class CodeSite:
     git: GitVersions | None
     frozen_hashes: Mapping[str, str]  # of the frozen files when the run started
     config_bytes: bytes  # config.json of every cycle
+    required_calls: Mapping[str, Sequence[str]] = field(default_factory=dict)  # kept by every patch (files.required_calls)
 
 
 @dataclass
@@ -118,7 +119,8 @@ def build(
         phase("guard")
         try:
             # PLAN.md is the code agent's plan (seed 003): writable like the mutable files.
-            touched = guard_patch(code, proposal.patch, mutable=[*cfg.files.mutable, "PLAN.md"], frozen=cfg.files.frozen)
+            touched = guard_patch(code, proposal.patch, mutable=[*cfg.files.mutable, "PLAN.md"], frozen=cfg.files.frozen,
+                                  required_calls=site.required_calls)
         except GuardRejected as exc:
             msg = f"{exc} Rejected patch saved at {cdir / 'patch.diff'}"
             write_text_atomic(cdir / "guard_rejection.txt", msg + "\n")

@@ -201,3 +201,71 @@ def test_the_git_history_is_the_version_tree_with_a_worktree_per_cycle_in_flight
     # the user's HEAD, index and working tree are untouched
     assert _git(root, "rev-parse", "HEAD") == head and (root / ".git" / "index").read_bytes() == index
     assert _git(root, "status", "--porcelain") == "?? notes.txt"
+
+
+REPORTING = """
+from ralph_ml import trial
+BONUS = 0.0
+trial.report(0, val_accuracy=0.5 + BONUS)
+VALUE = 0.5 + BONUS
+print(f"val_accuracy: {VALUE:.4f}")
+"""
+
+KEEPER = '''
+from ralph_ml.agents.base import Agent
+from ralph_ml.records import Proposal
+
+SCRIPT = [
+    ("tune", "@@ -2,3 +2,3 @@\\n from ralph_ml import trial\\n-BONUS = 0.0\\n+BONUS = 0.1\\n trial.report(0, val_accuracy=0.5 + BONUS)\\n"),
+    ("drop the curve", "@@ -3,3 +3,3 @@\\n BONUS = 0.0\\n-trial.report(0, val_accuracy=0.5 + BONUS)\\n+pass  # no curve any more\\n VALUE = 0.5 + BONUS\\n"),
+    ("drop the seed call", "@@ -7 +6,0 @@\\n-trial.seed()\\n"),
+]
+
+
+class Keeper(Agent):
+    name = "keeper"
+
+    def __init__(self, cfg):
+        pass
+
+    def propose(self, ctx):
+        why, hunk = SCRIPT[len(ctx.history)]
+        return Proposal(patch="--- a/train.py\\n+++ b/train.py\\n" + hunk, rationale=why, agent=self.name, meta={"parent": None})
+'''
+
+
+def test_a_change_that_drops_a_call_into_ralph_ml_is_rejected_by_the_guard(exp) -> None:  # type: ignore[no-untyped-def]
+    """files.required_calls unset: every change must keep the ralph_ml calls train.py made when
+    the run started; the set is fixed for the run, a resume included."""
+    root = exp(REPORTING, target=1.5, space={}, safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 10},
+               extra={"agents": {"code_model": "keeper_agent:Keeper"}})
+    (root / "keeper_agent.py").write_text(KEEPER)
+    assert "every code change must keep these calls (files.required_calls): train.py: ralph_ml.trial.report" in ralph(root, "validate").stdout
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    tune, drop = recorded(root)
+    assert tune["metric"] == 0.6 and tune["kept"]
+    assert drop["result"]["status"] == "invalid" and drop["result"]["failure"] == "guard_rejected"
+    assert "no longer calls 'ralph_ml.trial.report'" in drop["result"]["message"], drop["result"]["message"]
+    assert not (root / "runs" / "cycle_0002" / "logs" / "stdout.log").exists()  # it never ran
+    started = next(e for e in journal_events(root) if e["type"] == "run_started")
+    assert started["required_calls"] == {"train.py": ["ralph_ml.trial.report"]}
+    # The workspace gains a call; the resumed run keeps the rules it started with, so a change
+    # that drops the new call is accepted (a fresh run would hold it to trial.seed too).
+    (root / "train.py").write_text((root / "train.py").read_text() + "trial.seed()\n")
+    toml = (root / "ralph.toml").read_text().replace("max_cycles = 2", "max_cycles = 3")
+    (root / "ralph.toml").write_text(toml)
+    proc = ralph(root, "resume")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    third = recorded(root)[2]
+    assert third["proposal"]["rationale"] == "drop the seed call" and third["result"]["status"] == "ok", third["result"]
+    assert "ralph_ml.trial.report, ralph_ml.trial.seed" in ralph(root, "validate").stdout  # what a new run would keep
+
+
+def test_required_calls_can_be_named_or_switched_off(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(REPORTING, target=1.5, space={}, safeguards={"max_cycles": 2, "no_improvement_stop_cycles": 10},
+               extra={"agents": {"code_model": "keeper_agent:Keeper"}, "files": {"required_calls": {}}})
+    (root / "keeper_agent.py").write_text(KEEPER)
+    proc = ralph(root, "start")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert [r["result"]["status"] for r in recorded(root)] == ["ok", "ok"]  # {}: nothing is required

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ralph, recorded
@@ -184,6 +185,7 @@ def test_a_trial_trains_to_its_end_when_stopping_at_the_target_is_off(exp, extra
 LATE_BLOOMER = """
 import os, time
 from pathlib import Path
+from typing import Any
 from ralph_ml import trial
 p = trial.params({"x": 0.7})
 if p["x"] == 0.7:  # the baseline: a steady curve to 0.75
@@ -328,3 +330,22 @@ def test_a_script_that_only_prints_its_curve_is_pruned_from_its_stdout(exp) -> N
     assert second["result"]["metrics"]["val_accuracy"] == rows2[-1]["val_accuracy"]  # partial: its last printed row
     # The report draws the printed curves like reported ones.
     assert "<h2>Learning curves of the best cycles</h2>" in (root / "reports" / "report.html").read_text()
+
+
+def test_validate_says_when_a_pruner_has_no_curve_to_read_and_when_a_curve_is_read_twice(tmp_path: Path) -> None:
+    from conftest import make_experiment
+
+    def warnings(name: str, train: str, **kw: Any) -> str:
+        out = ralph(make_experiment(tmp_path / name, train, **kw), "validate")
+        assert out.returncode == 0, out.stdout + out.stderr  # warnings, not errors
+        return " ".join(out.stdout.split())  # as one line: the terminal wraps long warnings
+
+    pruned = {"pruning": {"pruner": "median"}}
+    silent = warnings("silent", PRINTED_CURVE, extra=pruned)
+    assert "warning: pruning.pruner = 'median', but train.py never calls trial.report or a ralph_ml adapter" in silent
+    assert 'set execution.stdout_progress = "epoch"' in silent
+    assert "never calls trial.report" not in warnings("reports", CURVE, extra=pruned)
+    assert "never calls trial.report" not in warnings("prints", PRINTED_CURVE, extra=pruned, execution={"stdout_progress": "epoch"})
+    assert "never calls trial.report" not in warnings("unpruned", PRINTED_CURVE)
+    twice = warnings("twice", CURVE, execution={"stdout_progress": "epoch"})
+    assert "warning: execution.stdout_progress = 'epoch' is set and train.py also reports its curve" in twice
