@@ -292,6 +292,30 @@ def resume(
         _fail(exc)
 
 
+@app.command(name="try")
+def try_(
+    params: Optional[str] = typer.Option(None, "--params", help='Hyperparameters as JSON, e.g. \'{"lr": 0.01}\'; the rest keep their defaults.'),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="A unified diff to apply to the mutable files first (through the guards)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Run one trial outside any run and say what the loop would see (exit 0 ok, 1 no score, 4 bad input)."""
+    from .trying import parse_params, try_once
+
+    try:
+        cfg = _cfg(config)
+        values = parse_params(params, cfg)
+        text = None
+        if patch is not None:
+            try:
+                text = patch.read_text()
+            except OSError as exc:
+                raise ConfigError(f"--patch {patch}: cannot be read ({exc})") from None
+        tried = try_once(cfg, values, text, say=lambda line: console.print(line, markup=False, soft_wrap=True))
+    except RalphError as exc:
+        _fail(exc)
+    raise typer.Exit(tried.exit_code)
+
+
 @app.command()
 def watch(config: Optional[Path] = ConfigOpt, plain: bool = PlainOpt) -> None:
     """Follow a run started elsewhere, read-only (the live view, or lines with --plain); exit with its exit code."""

@@ -49,7 +49,7 @@ from .records import (
     TrialSpec,
     TrialStatus,
 )
-from .resources import Allocation, ResourcePool, default_cpus_per_trial, detect_gpus
+from .resources import Allocation, pool_for
 from .sinks import build_sinks
 from .workspace import GitVersions
 
@@ -133,15 +133,7 @@ class Loop:
         self._config_bytes = dumps(cfg.model_dump(mode="json"))
         self._safeguards_dump = cfg.safeguards.model_dump()  # static for the run: dumped once
         self.pruner: TrialPruner | None = None
-        ex = cfg.execution
-        # GPUs "auto" means this machine's; with ray/slurm the cluster assigns the trial's GPUs.
-        local_gpus = detect_gpus() if ex.mode == "local" else []
-        cpus = ex.cpus_per_trial
-        if cpus is None and ex.mode == "local":  # on a cluster, the trial's node has cores of its own
-            cpus = default_cpus_per_trial(ex.max_concurrency)
-        self.pool = ResourcePool.for_concurrency(
-            local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, cpus, ex.max_concurrency
-        )
+        self.pool = pool_for(cfg)
         self._done: queue.Queue[int] = queue.Queue()  # cycles whose trial just ended
         self._noise = NoiseCheck(cfg, self.executor, self.control, self.bus, self._phase, poll_s=POLL_S)
 
@@ -479,6 +471,7 @@ class Loop:
             in_flight=tuple(self._how_far(f) for f in flights.values()),
             tokens_left_cycle=sg.token_budget_per_cycle,
             cycle_dir=str(self.cycle_dir(cycle)),
+            required_calls={name: tuple(calls) for name, calls in self.required_calls.items()},
         )
         try:
             return self.agent.propose(ctx)

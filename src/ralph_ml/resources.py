@@ -12,9 +12,12 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from .errors import ConfigError, ExecutorError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 log = logging.getLogger(__name__)
@@ -138,3 +141,15 @@ class ResourcePool:
     @property
     def has_gpus(self) -> bool:
         return bool(self.gpus)
+
+
+def pool_for(cfg: Config) -> ResourcePool:
+    """The pool of GPUs and CPU threads the trials of ``cfg`` are given (``[execution]``)."""
+    ex = cfg.execution
+    # GPUs "auto" means this machine's; with ray/slurm the cluster assigns the trial's GPUs.
+    local_gpus = detect_gpus() if ex.mode == "local" else []
+    cpus = ex.cpus_per_trial
+    if cpus is None and ex.mode == "local":  # on a cluster, the trial's node has cores of its own
+        cpus = default_cpus_per_trial(ex.max_concurrency)
+    return ResourcePool.for_concurrency(local_gpus if ex.gpus == "auto" else list(ex.gpus), ex.gpus_per_trial, cpus,
+                                        ex.max_concurrency)

@@ -480,3 +480,36 @@ def test_missing_api_key_fails_fast_naming_the_variable(tmp_path: Path, monkeypa
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "RALPH_TEST_KEY" in proc.stdout + proc.stderr and "agents.llm.api_key_env" in proc.stdout + proc.stderr
     assert not (root / "runs" / "cycle_0001").exists()
+
+
+REPORTING_TRAIN = textwrap.dedent(
+    """\
+    from ralph_ml import trial
+    BONUS = 0.0
+    p = trial.params({"x": 0.1})
+    acc = 1 - (p["x"] - 0.7) ** 2 + BONUS
+    trial.report(0, val_accuracy=acc)
+    print(f"val_accuracy: {acc:.6f}")
+    """
+)
+
+
+def test_the_prompt_names_the_calls_to_keep_and_a_change_that_drops_one_is_rejected(tmp_path: Path) -> None:
+    no_curve = REPORTING_TRAIN.replace("trial.report(0, val_accuracy=acc)\n", "").replace("BONUS = 0.0", "BONUS = 0.2")
+    script = [
+        ok({"rationale": "skip the curve", "files": {"train.py": no_curve}}),
+        ok({"rationale": "small bonus", "files": {"train.py": REPORTING_TRAIN.replace("BONUS = 0.0", "BONUS = 0.01")}}),
+    ]
+    with FakeLLM(script) as srv:
+        root = _exp(tmp_path / "exp", srv.url, llm={"mode": "patch"}, safeguards={"max_cycles": 3}, train=REPORTING_TRAIN)
+        _run(root)
+        systems = [r["body"]["messages"][0]["content"] for r in srv.requests]
+        prompts = srv.user_prompts()
+    keep = ("- Keep these calls in the code (a change without one of them is rejected): "
+            "train.py: ralph_ml.trial.params, ralph_ml.trial.report.")
+    assert all(keep in s.splitlines() for s in systems), systems[0]
+    base, dropped, kept = recorded(root)
+    assert dropped["result"]["failure"] == "guard_rejected"
+    assert "patched file 'train.py' no longer calls 'ralph_ml.trial.report'" in dropped["result"]["message"]
+    assert "REJECTED" in prompts[1] and "no longer calls 'ralph_ml.trial.report'" in prompts[1]
+    assert kept["kept"] and kept["metric"] == pytest.approx(base["metric"] + 0.01)

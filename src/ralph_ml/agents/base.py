@@ -38,6 +38,9 @@ class AgentContext:
     cycle_dir: str | None = None  # runs/cycle_NNNN: agents write transcripts under agent/
     pending: tuple[Proposal, ...] = ()  # proposals of the cycles in flight (parallel trials)
     in_flight: tuple[InFlight, ...] = ()  # the same cycles, with how far each has got
+    # Calls each file must keep (files.required_calls, as fixed when the run started): the
+    # guard rejects a change that drops one.
+    required_calls: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Agent(abc.ABC):

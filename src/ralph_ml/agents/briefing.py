@@ -44,6 +44,7 @@ def base_values(
     best: CycleRecord | None,
     code: Mapping[str, str],
     in_flight: Sequence[InFlight] = (),
+    required_calls: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, str]:
     llm = cfg.agents.llm
     budget = llm.prompt_budget_chars
@@ -68,11 +69,20 @@ def base_values(
             "mutable": ", ".join([*cfg.files.mutable, PLAN_FILE]),
             "frozen": ", ".join(cfg.files.frozen) or "(none)",
             "train_cmd": cfg.execution.train_cmd,
+            "keep": keep_rule(required_calls or {}),
         }
     )
     for key, share in _SHARES.items():
         values[key] = clip(values[key], int(budget * share), keep_tail=key in ("history", "feedback"))
     return values
+
+
+def keep_rule(required_calls: Mapping[str, Sequence[str]]) -> str:
+    """The prompts' rule for ``files.required_calls`` ("" when nothing is required)."""
+    if not required_calls:
+        return ""
+    listed = "; ".join(f"{name}: {', '.join(calls)}" for name, calls in required_calls.items())
+    return f"- Keep these calls in the code (a change without one of them is rejected): {listed}."
 
 
 def render(prompts: Prompts, name: str, values: Mapping[str, str], budget: int) -> str:

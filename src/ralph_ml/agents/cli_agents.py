@@ -188,7 +188,8 @@ class CLIAgent(Agent):
             mode = "initial" if missing else ("fix" if on.fix_of is not None else "patch")
             if mode == "patch" and (first := baseline_proposal(cfg, ctx, self.name)) is not None:
                 return first  # measure the code as it is before paying for an agent run
-            values = base_values(cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={}, in_flight=ctx.in_flight)
+            values = base_values(cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={}, in_flight=ctx.in_flight,
+                                 required_calls=ctx.required_calls)
             if missing:
                 values["task"] = INITIAL_TASK.format(plan=PLAN_FILE, missing=", ".join(missing), frozen=values["frozen"])
             elif on.fix_of is not None:

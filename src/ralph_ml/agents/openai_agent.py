@@ -260,7 +260,7 @@ class OpenAIAgent(Agent):
             code = code_files(base, self.cfg)
             frozen = {p: t for p, t in self._frozen_text(base).items() if p not in code}
             values = base_values(self.cfg, ctx.history, cycle=ctx.cycle, best=ctx.best, code={**code, **frozen},
-                                 in_flight=ctx.in_flight)
+                                 in_flight=ctx.in_flight, required_calls=ctx.required_calls)
             values["missing"] = ", ".join(missing)
             values["base"] = on.why
             if on.fix_of is not None:

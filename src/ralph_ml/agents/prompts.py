@@ -77,5 +77,5 @@ PLACEHOLDERS = (
     "cycle", "target", "target_name", "direction", "program", "program_name", "space", "best", "history",
     "experience", "feedback", "code", "mutable", "frozen", "missing", "train_cmd", "task", "change", "status",
     "verdict", "metric", "metrics", "message", "curve", "stdout_tail", "stderr_tail", "builtin", "analysis",
-    "failed", "base", "in_flight",
+    "failed", "base", "in_flight", "keep",
 )

@@ -1,0 +1,217 @@
+"""``ralph-ml try``: one trial of the experiment, outside any run, and what the loop would see of it.
+
+The trial runs as a cycle would (the workspace snapshot, the proposal's params over the search
+space's defaults, an optional patch through the same guards, the configured executor, the
+trial environment and time limit), in ``runs/.try/<time>/`` with a cycle's layout, while its
+output is shown. Nothing of a run is read or written: the journal, the state and the cycles stay
+as they are. Then it says what the loop would record (status, metrics and where they came
+from, the target) and what the compute-saving machinery would have to work with: the learning
+curve in ``progress.jsonl``, the metric the pruners read, the stop at the target.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .analysis import read_progress
+from .checks import check_workspace, required_calls
+from .config import Config
+from .cyclefiles import classify, trial_env
+from .errors import ConfigError, GuardRejected, WorkspaceError
+from .executors import get_executor
+from .guard import guard_patch
+from .metrics import read_metrics
+from .records import TrialResult, TrialSpec, TrialStatus
+from .resources import pool_for
+from .live import fmt_metric
+from .workspace import snapshot
+
+TRY_FOLDER = ".try"  # under paths.runs: never a cycle_NNNN, so no run reads it
+_POLL_S = 0.2
+
+
+@dataclass
+class Tried:
+    """What one try gave: the result as the loop would record it, and where its files are."""
+
+    result: TrialResult
+    value: float | None  # the target metric, None when the loop would record no score
+    folder: Path
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.result.status is TrialStatus.OK and self.value is not None else 1
+
+
+def parse_params(text: str | None, cfg: Config) -> dict[str, Any]:
+    """``--params`` (a JSON object) checked against the search space, over its defaults."""
+    from .agents.openai_agent import baseline, validate_params
+    from .agents._text import ReplyInvalid
+
+    out = {name: p.default for name, p in cfg.search_space.items() if p.default is not None}
+    out = {**out, **(baseline(cfg.search_space) or {})}
+    if not text:
+        return out
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--params {text!r} is not JSON ({exc}); give an object, e.g. --params '{{\"lr\": 0.01}}'") from None
+    try:
+        return {**out, **validate_params(raw, cfg.search_space)}
+    except ReplyInvalid as exc:
+        raise ConfigError(f"--params {text!r}: {exc}") from None
+
+
+def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
+             say: Callable[[str], None] = print, stream: Callable[[str], None] | None = None) -> Tried:
+    """Run one trial with ``params`` (and ``patch``) and describe it through ``say``.
+
+    ``stream`` gets the trial's stdout/stderr lines as they are written (default: ``say``).
+    Raises ``WorkspaceError`` when the workspace is not ready and ``GuardRejected`` for a
+    patch the guard refuses (nothing has run then)."""
+    stream = stream or say
+    rep = check_workspace(cfg)
+    if not rep.ok:
+        raise WorkspaceError("the workspace is not ready:\n  - " + "\n  - ".join(rep.errors))
+    ws = cfg.path(cfg.paths.workspace)
+    runs = cfg.path(cfg.paths.runs)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = runs / TRY_FOLDER / stamp
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = runs / TRY_FOLDER / f"{stamp}-{n}"
+    code = folder / "code"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    snapshot(ws, code, exclude=cfg.files.exclude,
+             skip=[runs, cfg.path(cfg.paths.reports), cfg.path(cfg.paths.state)])
+    if patch:
+        (folder / "patch.diff").write_text(patch)
+        try:
+            guard_patch(code, patch, mutable=[*cfg.files.mutable, "PLAN.md"], frozen=cfg.files.frozen,
+                        required_calls=required_calls(cfg, ws))
+        except GuardRejected as exc:
+            raise GuardRejected(f"{exc} The patch is in {folder / 'patch.diff'}; nothing ran.") from None
+    (folder / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+    from .hashing import hash_files
+
+    ex = cfg.execution
+    options = cfg.executor_options()
+    if "preload_log" in options:
+        options["preload_log"] = folder / "logs" / "preload.log"  # not the run's state/preload.log
+    executor = get_executor(ex.mode, kill_grace_s=ex.kill_grace_s, metrics_pattern=ex.metrics_pattern, **options)
+    pool = pool_for(cfg)
+    alloc = pool.allocate(0)
+    spec = TrialSpec(
+        run_id=f"try-{folder.name}", cycle=0, cycle_dir=str(folder), code_dir=str(code),
+        train_cmd=ex.train_cmd, eval_cmd=ex.eval_cmd, params=params, seed=cfg.project.seed,
+        timeout_s=cfg.safeguards.time_limit_per_cycle_minutes * 60,
+        env={**trial_env(cfg, f"try-{folder.name}", 0, folder, params), **alloc.env(pool.has_gpus)},
+        frozen_hashes=hash_files(code, cfg.files.frozen),
+    )
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "none"
+    say(f"trying one trial in {folder} ({ex.mode} executor, time limit {spec.timeout_s:g} s)")
+    say(f"   params: {shown}" + ("; patch: " + str(folder / "patch.diff") if patch else ""))
+    tails = [_Tail(folder / "logs" / "stdout.log", "│ "), _Tail(folder / "logs" / "stderr.log", "┆ ")]
+    handle = executor.submit(spec)
+    try:
+        while (result := handle.wait(_POLL_S)) is None:
+            for t in tails:
+                t.pump(stream)
+    except KeyboardInterrupt:
+        handle.cancel()
+        result = handle.wait()
+        assert result is not None
+    finally:
+        for t in tails:
+            t.pump(stream, final=True)
+        executor.close()
+        pool.release(0)
+    result, value = classify(result, cfg.target.name)
+    tried = Tried(result, value, folder)
+    for line in describe(cfg, tried):
+        say(line)
+    return tried
+
+
+def describe(cfg: Config, tried: Tried) -> list[str]:
+    """What the loop would record of the trial, and what pruning could work with."""
+    r, folder, t = tried.result, tried.folder, cfg.target
+    took = f"{r.duration_s:.1f} s (train {r.train_seconds:.1f} s" + (f", eval {r.eval_seconds:.1f} s)" if r.eval_seconds else ")")
+    lines = [f"trial {r.status_text()} in {took}"]
+    if r.message:
+        lines.append(f"   {r.message}")
+    if r.status is not TrialStatus.OK and r.stderr_tail.strip():
+        lines += ["   stderr (last lines):"] + [f"   ┆ {x}" for x in r.stderr_tail.rstrip().splitlines()[-8:]]
+    source = read_metrics(folder / "metrics.json", folder / "logs" / "stdout.log", cfg.execution.metrics_pattern).source
+    if r.metrics:
+        shown = ", ".join(f"{k} = {fmt_metric(v)}" for k, v in sorted(r.metrics.items()))
+        lines.append(f"metrics (from {source}): {shown}")
+    else:
+        lines.append("metrics: none found (no metrics.json with numbers, no `name: value` line on stdout)")
+    if tried.value is not None:
+        met = t.dir.meets(tried.value, t.value)
+        lines.append(f"target {t.describe()}: {'met' if met else 'not met'} ({t.name} = {fmt_metric(tried.value)})")
+    elif r.status is TrialStatus.OK or t.name not in r.metrics:
+        lines.append(f"target {t.describe()}: no score; the loop would record this trial as "
+                     f"{r.status.value} ({r.failure.value}), never as a score of 0")
+    lines += _curve_lines(cfg, folder, r)
+    kept = [f for f in ("logs/stdout.log", "logs/stderr.log", "progress.jsonl", "metrics.json") if (folder / f).exists()]
+    lines.append(f"files: {folder} ({', '.join(kept) or 'no output'}); `rm -r {folder.parent}` removes every try")
+    return lines
+
+
+def _curve_lines(cfg: Config, folder: Path, r: TrialResult) -> list[str]:
+    rows = read_progress(folder / "progress.jsonl")
+    metric = cfg.pruning_metric
+    pruner = cfg.pruning.pruner != "none"
+    if not rows:
+        why = ("a pruner would never stop it, and it" if pruner else "It")
+        return [f"learning curve: none (no progress.jsonl rows). {why} cannot be stopped at the target either: "
+                "report one with trial.report(step, ...) or an adapter, or set execution.stdout_progress "
+                "if the script prints it"]
+    steps = [int(row["step"]) for row in rows if isinstance(row.get("step"), (int, float))]
+    names = sorted({k for row in rows for k in row} - {"step", "time"})
+    lines = [f"learning curve: {len(rows)} rows in progress.jsonl"
+             + (f", steps {min(steps)}-{max(steps)}" if steps else "") + f": {', '.join(names)}"]
+    seen = [(row.get("step"), row[metric]) for row in rows if metric in row]
+    if seen:
+        step, last = seen[-1]
+        shown = fmt_metric(float(last)) if isinstance(last, (int, float)) else str(last)
+        lines.append(f"   {metric} (what {'the pruner' if pruner else 'a pruner'} reads) at {len(seen)} steps, "
+                     f"last {shown} at step {step}")
+    else:
+        lines.append(f"   no row reports {metric} (pruning.metric, else the target metric): "
+                     f"{'the pruner' if pruner else 'a pruner'} would have nothing to judge this trial on")
+    if r.stopped_by == "target":
+        lines.append(f"   it stopped at step {r.stopped_at_step}, where its reported {cfg.target.name} met the target "
+                     "(pruning.stop_at_target)")
+    return lines
+
+
+class _Tail:
+    """New lines of a log file, shown as they are written."""
+
+    def __init__(self, path: Path, prefix: str) -> None:
+        self.path, self.prefix, self.offset, self.partial = path, prefix, 0, b""
+
+    def pump(self, show: Callable[[str], None], final: bool = False) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(1 << 20)
+        except OSError:
+            return
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            show(self.prefix + line.decode("utf-8", "replace").rstrip("\r"))
