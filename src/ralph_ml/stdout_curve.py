@@ -8,12 +8,15 @@ work on an unmodified script. The step is the value of the named key, in any of 
 scripts print it::
 
     epoch 3 train_loss=0.41 val_accuracy=0.83      one line: the step and its metrics
+    epoch 3/30 | train_loss 0.41 | val_accuracy 0.83    the same with separators
     Epoch 3/10                                      Keras: the step, then a line of metrics
     45/45 - 0s - accuracy: 0.91 - loss: 0.30 - val_accuracy: 0.88 - val_loss: 0.41
     {'eval_loss': 0.52, 'eval_accuracy': 0.8, 'epoch': 3.0}    a printed dict
 
 A line's metrics are every ``name: value`` / ``name=value`` pair in it (a name starts with a
-letter or ``_``; quotes around it are allowed). A line without the step counts only after a
+letter or ``_``; quotes around it are allowed); a line with none is split at its separators
+(``|``, `` - ``, ``,``, ``;``), and each part that is a name and a number and nothing
+else is a pair (``train_loss 0.41``). A line without the step counts only after a
 line that named the step and nothing else (the header above); other lines, such as a summary
 printed after the curve, and lines whose step is not a whole number (``'epoch': 0.5``), are
 skipped. A progress bar's carriage-return
@@ -36,6 +39,10 @@ STDOUT_PROGRESS_VAR = "RALPH_STDOUT_PROGRESS"  # the step key, set in the trial'
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
 _PAIR = re.compile(rf"""(?<![\w.])['"]?([A-Za-z_][\w./-]*)['"]?\s*[:=]\s*({_NUMBER})(?![\w.])""", re.IGNORECASE)
+# `train_loss 0.41` as a segment of its own between separators (`|`, ` - `, `,`, `;`): a
+# name and a number and nothing else, so prose ("loaded 5000 samples") is not read as a metric.
+_SEGMENTS = re.compile(r"\s*(?:\||\s-\s|,|;)\s*")
+_SPACED_PAIR = re.compile(rf"""['"]?([A-Za-z_][\w./-]*)['"]?\s+({_NUMBER})(?:\s*/\s*\d+)?""", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _READ_MAX = 4 << 20  # bytes read per pump: a chatty script is followed over several pumps
 _LINE_MAX = 64 << 10  # a longer "line" (no newline in sight) is dropped, not buffered forever
@@ -99,7 +106,8 @@ class StdoutCurve:
         line = _ANSI.sub("", line.rsplit("\r", 1)[-1])
         metrics: dict[str, Any] = {}
         step: float | None = None
-        for name, value in _PAIR.findall(line):
+        pairs = _PAIR.findall(line) or [m.groups() for seg in _SEGMENTS.split(line) if (m := _SPACED_PAIR.fullmatch(seg.strip()))]
+        for name, value in pairs:
             number = float(value)
             if name.lower() == self.key.lower():
                 step = number

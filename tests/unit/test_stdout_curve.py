@@ -45,6 +45,20 @@ def test_the_common_printed_forms_become_one_row_per_point(tmp_path: Path) -> No
     ]
 
 
+def test_name_value_parts_between_separators_are_pairs_and_prose_is_not(tmp_path: Path) -> None:
+    curve, log, progress = _curve(tmp_path)
+    _print(log, "epoch   1/30 | train_loss 1.3671 | train_accuracy 0.6750 | val_accuracy 0.8833\n"
+                "Epoch 2, loss 0.52, acc 0.91; lr 1e-3\n"
+                "epoch 3 loaded 5000 samples in 2 s\n"  # prose: no part is just a name and a number
+                "epoch 4 - val_loss 0.25 - 12ms/step\n")
+    curve.pump()
+    assert _rows(progress) == [
+        {"train_loss": 1.3671, "train_accuracy": 0.675, "val_accuracy": 0.8833, "step": 1},
+        {"loss": 0.52, "acc": 0.91, "lr": 0.001, "step": 2},
+        {"val_loss": 0.25, "step": 4},
+    ]
+
+
 def test_a_summary_after_a_one_line_curve_is_not_a_point(tmp_path: Path) -> None:
     curve, log, progress = _curve(tmp_path)
     _print(log, "epoch 0 val_accuracy=0.5\nepoch 1 val_accuracy=0.7\nbest val_accuracy: 0.7\nval_accuracy: 0.7\n")
