@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable
 from .config import Config
 from .errors import ConfigError, StateError
 from .events import read_events
+from .stdout_curve import strip_ansi
 
 Event = dict[str, Any]
 POLL_S = 0.25  # how often ``follow_run`` looks for new events
@@ -27,12 +27,9 @@ PLANNED_PARAMS = (
     ("steps", ("total_steps", "max_steps", "num_steps", "n_steps", "steps", "iterations", "max_iters", "num_iterations")),
     ("epochs", ("epochs", "num_epochs", "n_epochs", "max_epochs")),
 )
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 
 
 # ----------------------------------------------------------------------------- cheap readers
-def strip_ansi(line: str) -> str:
-    return _ANSI.sub("", line)
 
 
 def tail_lines(path: Path, n: int, max_bytes: int = 16_384) -> list[str]:

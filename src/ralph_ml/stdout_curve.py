@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import time
 from pathlib import Path
 from typing import Any
+
+from .trial import append_progress, progress_row
 
 STDOUT_PROGRESS_VAR = "RALPH_STDOUT_PROGRESS"  # the step key, set in the trial's environment
 
@@ -43,9 +43,54 @@ _PAIR = re.compile(rf"""(?<![\w.])['"]?([A-Za-z_][\w./-]*)['"]?\s*[:=]\s*({_NUMB
 # name and a number and nothing else, so prose ("loaded 5000 samples") is not read as a metric.
 _SEGMENTS = re.compile(r"\s*(?:\||\s-\s|,|;)\s*")
 _SPACED_PAIR = re.compile(rf"""['"]?([A-Za-z_][\w./-]*)['"]?\s+({_NUMBER})(?:\s*/\s*\d+)?""", re.IGNORECASE)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _READ_MAX = 4 << 20  # bytes read per pump: a chatty script is followed over several pumps
 _LINE_MAX = 64 << 10  # a longer "line" (no newline in sight) is dropped, not buffered forever
+
+
+class LogFollower:
+    """The lines appended to a growing log file since the last call, decoded, with a progress
+    bar's ``\r`` updates reduced to their last text and terminal colour codes removed."""
+
+    def __init__(self, path: Path, *, from_end: bool = False) -> None:
+        self.path = path
+        self._offset = 0
+        if from_end:  # what is there already (an earlier attempt's lines) is not followed
+            try:
+                self._offset = path.stat().st_size
+            except OSError:
+                pass
+        self._partial = b""
+
+    def lines(self, final: bool = False) -> list[str]:
+        """New complete lines; ``final``: the writer is done, so a last line without its newline too."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        data = b""
+        while self._offset < size:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(min(_READ_MAX, size - self._offset))
+            if not chunk:
+                break
+            self._offset += len(chunk)
+            data += chunk
+            if not final:
+                break
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = b""
+        elif len(self._partial) > _LINE_MAX:
+            self._partial = b""
+        return [strip_ansi(raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]) for raw in lines]
+
+
+def strip_ansi(line: str) -> str:
+    return _ANSI.sub("", line)
 
 
 class StdoutCurve:
@@ -56,11 +101,7 @@ class StdoutCurve:
         self.progress = progress
         self.key = step_key
         self._spaced = re.compile(rf"(?<![\w.]){re.escape(step_key)}\s+(\d+)(?:\s*/\s*\d+)?(?![\w.])", re.IGNORECASE)
-        try:
-            self._offset = log.stat().st_size  # an earlier attempt's lines are not this trial's curve
-        except OSError:
-            self._offset = 0
-        self._partial = b""
+        self._follower = LogFollower(log, from_end=True)  # an earlier attempt's lines are not this trial's curve
         self.step: int | None = None
         self._open = False  # the last step was named on a line of its own (Keras's `Epoch 3/10`)
         self.rows = 0
@@ -68,51 +109,23 @@ class StdoutCurve:
     def pump(self, final: bool = False) -> int:
         """Read what was printed since the last call; append its rows. ``final``: the command
         has ended, so a last line without its newline counts too. Returns the rows appended."""
-        try:
-            size = self.log.stat().st_size
-        except OSError:
-            return 0
-        data = b""
-        while self._offset < size:
-            with open(self.log, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read(min(_READ_MAX, size - self._offset))
-            if not chunk:
-                break
-            self._offset += len(chunk)
-            data += chunk
-            if not final:
-                break
-        text = self._partial + data
-        lines = text.split(b"\n")
-        self._partial = lines.pop()
-        if final:
-            lines.append(self._partial)
-            self._partial = b""
-        elif len(self._partial) > _LINE_MAX:
-            self._partial = b""
-        out = []
-        for raw in lines:
-            row = self.parse(raw.decode("utf-8", "replace"))
-            if row is not None:
-                out.append(json.dumps(row, allow_nan=False) + "\n")
+        out = [json.dumps(row, allow_nan=False) + "\n" for line in self._follower.lines(final) if (row := self.parse(line))]
         if out:
-            self._append("".join(out))
+            append_progress(self.progress, "".join(out))
             self.rows += len(out)
         return len(out)
 
     def parse(self, line: str) -> dict[str, Any] | None:
         """The row one printed line makes (updating the current step), or None."""
-        line = _ANSI.sub("", line.rsplit("\r", 1)[-1])
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, float] = {}
         step: float | None = None
         pairs = _PAIR.findall(line) or [m.groups() for seg in _SEGMENTS.split(line) if (m := _SPACED_PAIR.fullmatch(seg.strip()))]
         for name, value in pairs:
             number = float(value)
             if name.lower() == self.key.lower():
                 step = number
-            elif name not in ("step", "time"):
-                metrics[name] = _json_number(number)
+            else:
+                metrics[name] = number
         if step is None and (m := self._spaced.search(line)):
             step = float(m.group(1))
         if step is not None:
@@ -124,21 +137,4 @@ class StdoutCurve:
             return None  # no step named, and none open: e.g. the script's summary after its curve
         if not metrics or self.step is None:
             return None
-        return {**metrics, "step": self.step, "time": time.time()}
-
-    def _append(self, text: str) -> None:
-        self.progress.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.progress, "a+b") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
-                text = "\n" + text  # a line cut off by a killed attempt stays on its own
-            fh.write(text.encode("utf-8"))
-
-
-def _json_number(x: float) -> Any:
-    """As ``trial.report`` writes a metric: NaN and infinities as strings."""
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
+        return progress_row(self.step, metrics)  # step/time named in the line give way to the row's own

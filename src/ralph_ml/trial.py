@@ -295,24 +295,31 @@ def report(step: int, /, **metrics: float) -> bool:
     """
     path = os.environ.get("RALPH_PROGRESS_PATH")
     if path and rank() == 0:
-        record: dict[str, Any] = {**_clean(metrics), "step": int(step), "time": time.time()}
-        line = json.dumps(record, allow_nan=False) + "\n"
-        # Open, append, close every time: the loop tails this file while the trial runs,
-        # and a trial killed mid-way leaves every finished line readable.
-        try:
-            fh = open(path, "a+b")
-        except FileNotFoundError:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a+b")
-        with fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
-                line = "\n" + line  # a line cut off by a killed attempt (then resumed): it stays on its own
-            fh.write(line.encode("utf-8"))
-            fh.flush()
+        append_progress(Path(path), json.dumps(progress_row(step, metrics), allow_nan=False) + "\n")
         if _stopped_at is None:
             _check_target(int(step), metrics)
     return should_stop()
+
+
+def progress_row(step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One progress.jsonl row: the metrics as JSON-safe numbers, then the row's own step and time."""
+    return {**_clean(metrics), "step": int(step), "time": time.time()}
+
+
+def append_progress(path: Path, lines: str) -> None:
+    """Append whole lines to progress.jsonl. Open, append, close every time: the loop tails the
+    file while the trial runs, and a trial killed mid-way leaves every finished line readable."""
+    try:
+        fh = open(path, "a+b")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end and os.pread(fh.fileno(), 1, end - 1) != b"\n":
+            lines = "\n" + lines  # a line cut off by a killed attempt (then resumed): it stays on its own
+        fh.write(lines.encode("utf-8"))
+        fh.flush()
 
 
 _stopped_at: str | None = None  # why report() asked this trial to stop at its target, once it did

@@ -27,6 +27,7 @@ from .guard import guard_patch
 from .metrics import read_metrics
 from .records import TrialResult, TrialSpec, TrialStatus
 from .resources import pool_for
+from .stdout_curve import LogFollower
 from .live import fmt_metric
 from .workspace import snapshot
 
@@ -117,19 +118,21 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "none"
     say(f"trying one trial in {folder} ({ex.mode} executor, time limit {spec.timeout_s:g} s)")
     say(f"   params: {shown}" + ("; patch: " + str(folder / "patch.diff") if patch else ""))
-    tails = [_Tail(folder / "logs" / "stdout.log", "│ "), _Tail(folder / "logs" / "stderr.log", "┆ ")]
+    tails = [(LogFollower(folder / "logs" / "stdout.log"), "│ "), (LogFollower(folder / "logs" / "stderr.log"), "┆ ")]
     handle = executor.submit(spec)
     try:
         while (result := handle.wait(_POLL_S)) is None:
-            for t in tails:
-                t.pump(stream)
+            for follower, prefix in tails:
+                for line in follower.lines():
+                    stream(prefix + line)
     except KeyboardInterrupt:
         handle.cancel()
         result = handle.wait()
         assert result is not None
     finally:
-        for t in tails:
-            t.pump(stream, final=True)
+        for follower, prefix in tails:
+            for line in follower.lines(final=True):
+                stream(prefix + line)
         executor.close()
         pool.release(0)
     result, value = classify(result, cfg.target.name)
@@ -150,7 +153,7 @@ def describe(cfg: Config, tried: Tried) -> list[str]:
         lines += ["   stderr (last lines):"] + [f"   ┆ {x}" for x in r.stderr_tail.rstrip().splitlines()[-8:]]
     source = read_metrics(folder / "metrics.json", folder / "logs" / "stdout.log", cfg.execution.metrics_pattern).source
     if r.metrics:
-        shown = ", ".join(f"{k} = {fmt_metric(v)}" for k, v in sorted(r.metrics.items()))
+        shown = ", ".join(f"{k} = {_number(v)}" for k, v in sorted(r.metrics.items()))
         lines.append(f"metrics (from {source}): {shown}")
     else:
         lines.append("metrics: none found (no metrics.json with numbers, no `name: value` line on stdout)")
@@ -164,6 +167,11 @@ def describe(cfg: Config, tried: Tried) -> list[str]:
     kept = [f for f in ("logs/stdout.log", "logs/stderr.log", "progress.jsonl", "metrics.json") if (folder / f).exists()]
     lines.append(f"files: {folder} ({', '.join(kept) or 'no output'}); `rm -r {folder.parent}` removes every try")
     return lines
+
+
+def _number(v: float) -> str:
+    """A metric as the plain output shows it, a count (epochs_run, num_params) without decimals."""
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else fmt_metric(v)
 
 
 def _curve_lines(cfg: Config, folder: Path, r: TrialResult) -> list[str]:
@@ -192,26 +200,3 @@ def _curve_lines(cfg: Config, folder: Path, r: TrialResult) -> list[str]:
         lines.append(f"   it stopped at step {r.stopped_at_step}, where its reported {cfg.target.name} met the target "
                      "(pruning.stop_at_target)")
     return lines
-
-
-class _Tail:
-    """New lines of a log file, shown as they are written."""
-
-    def __init__(self, path: Path, prefix: str) -> None:
-        self.path, self.prefix, self.offset, self.partial = path, prefix, 0, b""
-
-    def pump(self, show: Callable[[str], None], final: bool = False) -> None:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read(1 << 20)
-        except OSError:
-            return
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial:
-            lines.append(self.partial)
-            self.partial = b""
-        for line in lines:
-            show(self.prefix + line.decode("utf-8", "replace").rstrip("\r"))
