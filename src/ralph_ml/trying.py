@@ -27,6 +27,7 @@ from .guard import guard_patch
 from .metrics import read_metrics
 from .records import TrialResult, TrialSpec, TrialStatus
 from .resources import pool_for
+from .runfiles import loop_alive, read_state
 from .stdout_curve import LogFollower
 from .live import fmt_metric
 from .workspace import snapshot
@@ -80,6 +81,9 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
         raise WorkspaceError("the workspace is not ready:\n  - " + "\n  - ".join(rep.errors))
     ws = cfg.path(cfg.paths.workspace)
     runs = cfg.path(cfg.paths.runs)
+    state = read_state(cfg.path(cfg.paths.state))
+    if state.get("status") in ("running", "paused") and loop_alive(state):
+        say("warning: a run of this experiment is in progress: this trial shares its machine, CPUs and GPUs")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = runs / TRY_FOLDER / stamp
     n = 1

@@ -92,3 +92,27 @@ def test_try_applies_a_patch_through_the_guards(tmp_path: Path) -> None:
     assert "no longer calls 'ralph_ml.trial.report'" in _one_line(proc.stderr) and "nothing ran" in _one_line(proc.stderr)
     bad = ralph(root, "try", "--params", '{"x": 2}')
     assert bad.returncode == 4 and "x = 2 is outside its bounds [0, 1]" in bad.stderr
+
+
+def test_try_beside_a_run_in_progress_says_it_shares_the_machine(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    slow = "import os, time\nif os.environ['RALPH_CYCLE'] != '0':\n    time.sleep(30)\nprint('val_accuracy: 0.5')\n"
+    root = make_experiment(tmp_path / "exp", slow)
+    run = subprocess.Popen([sys.executable, "-m", "ralph_ml", "start", "--plain"], cwd=root,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        state = root / "state" / "ralph_state.json"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and '"phase": "execute"' not in (state.read_text() if state.exists() else ""):
+            time.sleep(0.1)
+        proc = ralph(root, "try")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "warning: a run of this experiment is in progress: this trial shares its machine" in _one_line(proc.stdout)
+        assert json.loads(state.read_text())["cycle"] == 1  # the run is untouched
+    finally:
+        run.terminate()
+        run.wait(30)
+    assert "in progress" not in ralph(root, "try").stdout  # once it has stopped
