@@ -247,8 +247,12 @@ class Loop:
             rp = replay(loop.journal_path)
             loop.run_id = rp.run["run_id"]
             loop.frozen_hashes = dict(rp.run.get("frozen_hashes", {}))
-            recorded_calls = rp.run.get("required_calls")  # what the run started with (absent: an older run)
-            loop.required_calls = required_calls(cfg, loop.ws) if recorded_calls is None or cfg.files.required_calls is not None else recorded_calls
+            # The calls the run started with; the config's files.required_calls, when it names
+            # them; none for a run recorded before the guard kept them.
+            if cfg.files.required_calls is not None:
+                loop.required_calls = required_calls(cfg, loop.ws)
+            else:
+                loop.required_calls = dict(rp.run.get("required_calls") or {})
             for rec in rp.records:
                 loop._apply(rec)
             loop.base_elapsed = rp.elapsed_s

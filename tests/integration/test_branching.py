@@ -269,3 +269,19 @@ def test_required_calls_can_be_named_or_switched_off(exp) -> None:  # type: igno
     proc = ralph(root, "start")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert [r["result"]["status"] for r in recorded(root)] == ["ok", "ok"]  # {}: nothing is required
+
+
+def test_a_run_recorded_before_the_guard_kept_calls_is_resumed_without_them(exp) -> None:  # type: ignore[no-untyped-def]
+    root = exp(REPORTING, target=1.5, space={}, safeguards={"max_cycles": 1, "no_improvement_stop_cycles": 10},
+               extra={"agents": {"code_model": "keeper_agent:Keeper"}})
+    (root / "keeper_agent.py").write_text(KEEPER)
+    assert ralph(root, "start").returncode == 2
+    journal = root / "state" / "journal.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert lines[0]["type"] == "run_started" and lines[0].pop("required_calls") == {"train.py": ["ralph_ml.trial.report"]}
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))  # as an older release wrote it
+    (root / "ralph.toml").write_text((root / "ralph.toml").read_text().replace("max_cycles = 1", "max_cycles = 2"))
+    proc = ralph(root, "resume")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    dropped = recorded(root)[1]
+    assert dropped["proposal"]["rationale"] == "drop the curve" and dropped["result"]["status"] == "ok", dropped["result"]
