@@ -24,6 +24,7 @@ from .cyclefiles import classify, trial_env
 from .errors import ConfigError, GuardRejected, WorkspaceError
 from .executors import get_executor
 from .guard import guard_patch
+from .hashing import hash_files
 from .metrics import read_metrics
 from .records import TrialResult, TrialSpec, TrialStatus
 from .resources import pool_for
@@ -54,8 +55,8 @@ def parse_params(text: str | None, cfg: Config) -> dict[str, Any]:
     from .agents.openai_agent import baseline, validate_params
     from .agents._text import ReplyInvalid
 
-    out = {name: p.default for name, p in cfg.search_space.items() if p.default is not None}
-    out = {**out, **(baseline(cfg.search_space) or {})}
+    # The baseline's values (typed as the space says), or the defaults there are when some param has none.
+    out = baseline(cfg.search_space) or {name: p.default for name, p in cfg.search_space.items() if p.default is not None}
     if not text:
         return out
     try:
@@ -103,8 +104,6 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
         except GuardRejected as exc:
             raise GuardRejected(f"{exc} The patch is in {folder / 'patch.diff'}; nothing ran.") from None
     (folder / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    from .hashing import hash_files
-
     ex = cfg.execution
     options = cfg.executor_options()
     if "preload_log" in options:
