@@ -63,6 +63,8 @@ class _Recs:
         return tuple(sorted(self.items, key=lambda r: _CONF_RANK.get(r.confidence, 3)))
 
 
+# Names a search space gives the length of training, epochs first (Hugging Face: num_train_epochs).
+_LENGTH = ("epochs", "num_epochs", "num_train_epochs", "max_epochs", "steps", "max_steps")
 # Names a search space gives a model's width (hidden units, channels, embedding size).
 _WIDTH = ("width", "hidden", "hidden_size", "hidden_dim", "channels", "d_model", "n_embd")
 
@@ -113,7 +115,7 @@ def analyze(
         elif failure is FailureClass.TIMEOUT:
             diag = "failed"
             notes.append("The trial hit the per-cycle time limit.")
-            recs.add("high", "shorten training: the trial ran out of time", _first(space, "epochs", "steps", "max_steps"), "decrease")
+            recs.add("high", "shorten training: the trial ran out of time", _first(space, *_LENGTH), "decrease")
             recs.add("medium", "shrink the model: the trial ran out of time", _first(space, *_WIDTH), "decrease")
         elif failure is FailureClass.OOM:
             diag = "failed"
@@ -141,14 +143,16 @@ def analyze(
     diag = "improving" if kept else "plateau"
     if not before.cycles:
         diag = "baseline"
-    losses = [k for k in (progress[-1].keys() if progress else ()) if lower_is_better(k) and k.startswith("train")]
+    last_row = progress[-1].keys() if progress else ()
+    # Keras and Hugging Face name the training loss `loss` (and their validation one val_/eval_loss).
+    losses = [k for k in last_row if lower_is_better(k) and k.startswith("train")] or [k for k in ("loss",) if k in last_row]
     train_loss = _series(progress, losses[0]) if losses else []
-    val_loss = _series(progress, "val_loss")
+    val_loss = _series(progress, next((k for k in ("val_loss", "eval_loss") if k in last_row), "val_loss"))
     gap = _train_val_gap(result.metrics, target.name)
     overfit = False
     if gap is not None and gap > 0.03:
         overfit = True
-        notes.append(f"train vs validation gap of {gap:.3f} in {target.name.removeprefix('val_')}: over-fitting.")
+        notes.append(f"train vs validation gap of {gap:.3f} in {_validation_base(target.name)}: over-fitting.")
     if len(val_loss) >= 4 and len(train_loss) >= 4 and val_loss[-1] > min(val_loss) * 1.1 and train_loss[-1] < train_loss[len(train_loss) // 2]:
         overfit = True
         notes.append("validation loss rose while training loss kept falling: over-fitting.")
@@ -167,7 +171,7 @@ def analyze(
     if not overfit and saturated and short:
         # Fitting the training set better cannot help any more: only generalization can.
         overfit = True
-        notes.append(f"the training set is fit (train {target.name.removeprefix('val_')} {fits_train:.3f}) while "
+        notes.append(f"the training set is fit (train {_validation_base(target.name)} {fits_train:.3f}) while "
                      f"{target.name} is short of the target: only better generalization can close the gap.")
     if overfit:
         diag = "overfitting"
@@ -181,13 +185,13 @@ def analyze(
                      "generalizes better", _first(space, *_WIDTH), "increase")
         recs.add("high", "regularize more: over-fitting", _first(space, "dropout"), "increase")
         recs.add("high", "regularize more: over-fitting", _first(space, "weight_decay", "wd"), "increase")
-        recs.add("medium", "train for fewer epochs: over-fitting", _first(space, "epochs"), "decrease")
+        recs.add("medium", "train for fewer epochs: over-fitting", _first(space, *_LENGTH), "decrease")
     elif len(train_loss) >= 4 and not stopped:  # a stopped curve's falling loss says nothing of its end
         tail = train_loss[-max(2, len(train_loss) // 4):]
         if not saturated and all(math.isfinite(x) for x in tail) and tail[0] > 0 and (tail[0] - tail[-1]) / tail[0] > 0.05:
             diag = "underfitting" if not kept or before.cycles else diag
             notes.append("training loss was still falling at the last step: the model is under-trained.")
-            recs.add("high", "train longer: loss still falling at the end", _first(space, "epochs", "steps", "max_steps"), "increase")
+            recs.add("high", "train longer: loss still falling at the end", _first(space, *_LENGTH), "increase")
             recs.add("high", "raise the learning rate: slow convergence", lr, "increase")
         elif len(train_loss) >= 2 and train_loss[-1] > train_loss[0] * 0.9:
             notes.append("training loss barely moved: the learning rate may be too low or too high.")
@@ -233,22 +237,32 @@ def _diverged(progress: Sequence[Mapping[str, Any]]) -> bool:
     return False
 
 
+_VALIDATION_PREFIXES = ("val_", "eval_", "valid_", "validation_")  # eval_: Hugging Face's Trainer
+
+
+def _validation_base(name: str) -> str | None:
+    """``accuracy`` for ``val_accuracy`` (or ``eval_accuracy``, ...); None for another name."""
+    return next((name[len(p):] for p in _VALIDATION_PREFIXES if name.startswith(p) and len(name) > len(p)), None)
+
+
 def _train_counterpart(metrics: Mapping[str, float], target_name: str) -> float | None:
-    """train_X for an accuracy-like val_X target, when reported."""
-    if not target_name.startswith("val_") or lower_is_better(target_name):
+    """The training value of an accuracy-like validation target, when reported: ``train_X``, or
+    the bare ``X`` that Keras (and Lightning's default names) report for the training set."""
+    base = _validation_base(target_name)
+    if base is None or lower_is_better(target_name):
         return None
-    v = metrics.get("train_" + target_name[len("val_"):])
-    return v if v is not None and math.isfinite(v) else None
+    for name in (f"train_{base}", base):
+        v = metrics.get(name)
+        if v is not None and math.isfinite(v):
+            return v
+    return None
 
 
 def _train_val_gap(metrics: Mapping[str, float], target_name: str) -> float | None:
     """train_X - val_X for an accuracy-like target, when both are reported."""
-    if not target_name.startswith("val_") or lower_is_better(target_name):
-        return None
-    base = target_name[len("val_"):]
-    train = metrics.get(f"train_{base}")
+    train = _train_counterpart(metrics, target_name)
     val = metrics.get(target_name)
-    if train is None or val is None or not (math.isfinite(train) and math.isfinite(val)):
+    if train is None or val is None or not math.isfinite(val):
         return None
     return train - val
 

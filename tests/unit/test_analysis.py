@@ -108,3 +108,18 @@ def test_a_validation_curve_that_peaked_before_the_end_is_noted() -> None:
     assert "peaked" not in analyze(r, 0.96, True, [], rising, cfg()).summary
     flat = [{**row, "val_accuracy": 0.968 + (0.0005 if i == 3 else 0.0)} for i, row in enumerate(rows)]  # within delta
     assert "peaked" not in analyze(r, 0.968, True, [], flat, cfg()).summary
+
+
+def test_keras_and_hugging_face_names_are_read_as_the_training_and_validation_metrics() -> None:
+    # Keras reports the training set as `loss`/`accuracy` beside val_loss/val_accuracy.
+    keras = TrialResult(status=TrialStatus.OK, metrics={"val_accuracy": 0.90, "accuracy": 1.0, "loss": 0.01, "val_loss": 0.4})
+    a = analyze(keras, 0.90, True, [], [], cfg())
+    assert a.diagnosis == "overfitting" and "train vs validation gap of 0.100 in accuracy" in a.summary
+    # Hugging Face's Trainer logs `loss` (training) and eval_loss / eval_accuracy.
+    hf_cfg = Config.model_validate({"project": {"target_metric": {"name": "eval_accuracy", "value": 0.99}},
+                                    "search_space": {"num_train_epochs": {"type": "int", "low": 1, "high": 20}}})
+    rows = [{"step": i, "loss": 2.0 / (i + 1), "eval_loss": 1.0 / (i + 1)} for i in range(8)]
+    hf = TrialResult(status=TrialStatus.OK, metrics={"eval_accuracy": 0.8})
+    b = analyze(hf, 0.8, True, [], rows, hf_cfg)
+    assert "training loss was still falling at the last step" in b.summary
+    assert ("increase:num_train_epochs", "high") in [(x.action, x.confidence) for x in b.recommendations]
