@@ -296,10 +296,11 @@ def resume(
 def try_(
     params: Optional[str] = typer.Option(None, "--params", help='Hyperparameters as JSON, e.g. \'{"lr": 0.01}\'; the rest keep their defaults.'),
     patch: Optional[Path] = typer.Option(None, "--patch", help="A unified diff to apply to the mutable files first (through the guards)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, max=100, help="Run it with this many seeds (project.seed + 0, 1, ...) and measure the run-to-run noise."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Run one trial outside any run and say what the loop would see (exit 0 ok, 1 no score, 4 bad input)."""
-    from .trying import parse_params, try_once
+    from .trying import parse_params, try_seeds
 
     try:
         cfg = _cfg(config)
@@ -310,10 +311,10 @@ def try_(
                 text = patch.read_text()
             except OSError as exc:
                 raise ConfigError(f"--patch {patch}: cannot be read ({exc})") from None
-        tried = try_once(cfg, values, text, say=lambda line: console.print(line, markup=False, soft_wrap=True))
+        tried = try_seeds(cfg, values, text, seeds=seeds, say=lambda line: console.print(line, markup=False, soft_wrap=True))
     except RalphError as exc:
         _fail(exc)
-    raise typer.Exit(tried.exit_code)
+    raise typer.Exit(max(t.exit_code for t in tried))
 
 
 @app.command()

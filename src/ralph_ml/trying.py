@@ -12,6 +12,7 @@ curve in ``progress.jsonl``, the metric the pruners read, the stop at the target
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .checks import check_workspace, required_calls
 from .config import Config
 from .cyclefiles import classify, trial_env
 from .errors import ConfigError, GuardRejected, WorkspaceError
-from .executors import get_executor
+from .executors import Executor, get_executor
 from .guard import guard_patch
 from .hashing import hash_files
 from .metrics import read_metrics
@@ -44,6 +45,7 @@ class Tried:
     result: TrialResult
     value: float | None  # the target metric, None when the loop would record no score
     folder: Path
+    seed: int
 
     @property
     def exit_code(self) -> int:
@@ -69,14 +71,74 @@ def parse_params(text: str | None, cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"--params {text!r}: {exc}") from None
 
 
-def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
-             say: Callable[[str], None] = print, stream: Callable[[str], None] | None = None) -> Tried:
+def try_seeds(cfg: Config, params: dict[str, Any], patch: str | None = None, *, seeds: int = 1,
+              say: Callable[[str], None] = print) -> list[Tried]:
+    """``try_once`` with seeds ``project.seed + 0 .. seeds - 1`` (``RALPH_SEED``, as noise repeats
+    run, on one executor), then the run-to-run noise of the target metric and what it means for keeps."""
+    tried = []
+    executor = _executor(cfg, cfg.path(cfg.paths.runs) / TRY_FOLDER / "preload.log")  # one warm server for all seeds
+    try:
+        for k in range(seeds):
+            if seeds > 1:
+                say(f"── seed {cfg.project.seed + k} ({k + 1} of {seeds})")
+            tried.append(try_once(cfg, params, patch, seed=cfg.project.seed + k, say=say, executor=executor))
+    finally:
+        executor.close()
+    if seeds > 1:
+        for line in noise_lines(cfg, tried):
+            say(line)
+    return tried
+
+
+def noise_lines(cfg: Config, tried: list[Tried]) -> list[str]:
+    """The seeds' target metrics, their spread, and the gain a single run needs to be more than noise."""
+    t = cfg.target
+    seeds = ", ".join(str(x.seed) for x in tried)
+    values = [x.value for x in tried if x.value is not None]
+    shown = ", ".join(fmt_metric(x.value) if x.value is not None else x.result.status.value for x in tried)
+    if len(values) < 2:
+        return [f"seeds {seeds}: {t.name} {shown}; fewer than two scored, so no run-to-run noise to measure"]
+    mean = sum(values) / len(values)
+    sigma = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    bar = noise_bar(cfg, sigma)
+    delta = cfg.safeguards.min_improvement_delta
+    lines = [f"seeds {seeds}: {t.name} {shown} → mean {fmt_metric(mean)}, run-to-run noise σ {sigma:.4g}"]
+    if bar > delta:
+        lines.append(f"   between two single runs a gain under {bar:.4g} (noise.z = {cfg.noise.z:g} x σ x √2) is within the "
+                     f"noise, and safeguards.min_improvement_delta = {delta:g} would keep it: set [noise] confirm_repeats "
+                     "(and baseline_repeats) to keep only gains over the noise, or raise min_improvement_delta")
+    else:
+        lines.append(f"   safeguards.min_improvement_delta = {delta:g} is over the noise bar {bar:.4g} "
+                     f"(noise.z = {cfg.noise.z:g} x σ x √2): a kept gain is more than noise")
+    return lines
+
+
+def noise_bar(cfg: Config, sigma: float) -> float:
+    """z x the noise of the difference of two single runs."""
+    return cfg.noise.z * sigma * math.sqrt(2.0)
+
+
+def _executor(cfg: Config, preload_log: Path) -> Executor:
+    """The configured executor, its warm-start server's log (if any) at ``preload_log``, not the run's."""
+    ex = cfg.execution
+    options = cfg.executor_options()
+    if "preload_log" in options:
+        options["preload_log"] = preload_log
+        preload_log.parent.mkdir(parents=True, exist_ok=True)
+    return get_executor(ex.mode, kill_grace_s=ex.kill_grace_s, metrics_pattern=ex.metrics_pattern, **options)
+
+
+def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *, seed: int | None = None,
+             say: Callable[[str], None] = print, stream: Callable[[str], None] | None = None,
+             executor: Executor | None = None) -> Tried:
     """Run one trial with ``params`` (and ``patch``) and describe it through ``say``.
 
-    ``stream`` gets the trial's stdout/stderr lines as they are written (default: ``say``).
-    Raises ``WorkspaceError`` when the workspace is not ready and ``GuardRejected`` for a
-    patch the guard refuses (nothing has run then)."""
+    ``seed``: its ``RALPH_SEED`` (default ``project.seed``). ``stream`` gets the trial's
+    stdout/stderr lines as they are written (default: ``say``). Raises ``WorkspaceError`` when
+    the workspace is not ready and ``GuardRejected`` for a patch the guard refuses (nothing has
+    run then)."""
     stream = stream or say
+    seed = cfg.project.seed if seed is None else seed
     rep = check_workspace(cfg)
     if not rep.ok:
         raise WorkspaceError("the workspace is not ready:\n  - " + "\n  - ".join(rep.errors))
@@ -85,7 +147,7 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
     state = read_state(cfg.path(cfg.paths.state))
     if state.get("status") in ("running", "paused") and loop_alive(state):
         say("warning: a run of this experiment is in progress: this trial shares its machine, CPUs and GPUs")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
     folder = runs / TRY_FOLDER / stamp
     n = 1
     while folder.exists():
@@ -105,17 +167,16 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
             raise GuardRejected(f"{exc} The patch is in {folder / 'patch.diff'}; nothing ran.") from None
     (folder / "params.json").write_text(json.dumps(params, indent=2) + "\n")
     ex = cfg.execution
-    options = cfg.executor_options()
-    if "preload_log" in options:
-        options["preload_log"] = folder / "logs" / "preload.log"  # not the run's state/preload.log
-    executor = get_executor(ex.mode, kill_grace_s=ex.kill_grace_s, metrics_pattern=ex.metrics_pattern, **options)
+    own = executor is None
+    if executor is None:
+        executor = _executor(cfg, folder / "logs" / "preload.log")
     pool = pool_for(cfg)
     alloc = pool.allocate(0)
     spec = TrialSpec(
         run_id=f"try-{folder.name}", cycle=0, cycle_dir=str(folder), code_dir=str(code),
-        train_cmd=ex.train_cmd, eval_cmd=ex.eval_cmd, params=params, seed=cfg.project.seed,
+        train_cmd=ex.train_cmd, eval_cmd=ex.eval_cmd, params=params, seed=seed,
         timeout_s=cfg.safeguards.time_limit_per_cycle_minutes * 60,
-        env={**trial_env(cfg, f"try-{folder.name}", 0, folder, params), **alloc.env(pool.has_gpus)},
+        env={**trial_env(cfg, f"try-{folder.name}", 0, folder, params), **alloc.env(pool.has_gpus), "RALPH_SEED": str(seed)},
         frozen_hashes=hash_files(code, cfg.files.frozen),
     )
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "none"
@@ -136,10 +197,11 @@ def try_once(cfg: Config, params: dict[str, Any], patch: str | None = None, *,
         for follower, prefix in tails:
             for line in follower.lines(final=True):
                 stream(prefix + line)
-        executor.close()
+        if own:
+            executor.close()
         pool.release(0)
     result, value = classify(result, cfg.target.name)
-    tried = Tried(result, value, folder)
+    tried = Tried(result, value, folder, seed)
     for line in describe(cfg, tried):
         say(line)
     return tried

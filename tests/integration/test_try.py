@@ -116,3 +116,19 @@ def test_try_beside_a_run_in_progress_says_it_shares_the_machine(tmp_path: Path)
         run.terminate()
         run.wait(30)
     assert "in progress" not in ralph(root, "try").stdout  # once it has stopped
+
+
+def test_try_with_seeds_measures_the_run_to_run_noise(tmp_path: Path) -> None:
+    by_seed = "import os\nprint(f\"val_accuracy: {0.5 + int(os.environ['RALPH_SEED']) / 100:.4f}\")\n"
+    root = make_experiment(tmp_path / "exp", by_seed, safeguards={"min_improvement_delta": 0.001})
+    proc = ralph(root, "try", "--seeds", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = _one_line(proc.stdout)
+    assert "── seed 0 (1 of 3)" in text and "── seed 2 (3 of 3)" in text
+    assert sorted(p.name.split("-")[-1] for p in (root / "runs" / ".try").iterdir() if p.is_dir()) == ["seed0", "seed1", "seed2"]
+    assert "seeds 0, 1, 2: val_accuracy 0.5000, 0.5100, 0.5200 → mean 0.5100, run-to-run noise σ 0.01" in text
+    assert ("between two single runs a gain under 0.02828 (noise.z = 2 x σ x √2) is within the noise, and "
+            "safeguards.min_improvement_delta = 0.001 would keep it") in text
+    wide = make_experiment(tmp_path / "wide", by_seed, safeguards={"min_improvement_delta": 0.05})
+    text = _one_line(ralph(wide, "try", "--seeds", "2").stdout)
+    assert "safeguards.min_improvement_delta = 0.05 is over the noise bar 0.02 (noise.z = 2 x σ x √2)" in text
