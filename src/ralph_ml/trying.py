@@ -2,7 +2,7 @@
 
 The trial runs as a cycle would (the workspace snapshot, the proposal's params over the search
 space's defaults, an optional patch through the same guards, the configured executor, the
-trial environment and time limit), in ``runs/.try/<time>/`` with a cycle's layout, while its
+trial environment and time limit), in ``runs/.try/<time>-seed<S>/`` with a cycle's layout, while its
 output is shown. Nothing of a run is read or written: the journal, the state and the cycles stay
 as they are. Then it says what the loop would record (status, metrics and where they came
 from, the target) and what the compute-saving machinery would have to work with: the learning
