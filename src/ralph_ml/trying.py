@@ -30,7 +30,7 @@ from .metrics import read_metrics
 from .records import TrialResult, TrialSpec, TrialStatus
 from .resources import pool_for
 from .runfiles import loop_alive, read_state
-from .stdout_curve import LogFollower
+from .stdout_curve import LogFollower, StdoutCurve
 from .live import fmt_metric
 from .workspace import snapshot
 
@@ -234,6 +234,19 @@ def describe(cfg: Config, tried: Tried) -> list[str]:
     return lines
 
 
+def _printed_curve(stdout_log: Path) -> tuple[str, int] | None:
+    """The step key (epoch, step, ...) under which the printed output reads as the most curve
+    rows, and how many, when ``execution.stdout_progress`` would find one."""
+    lines = LogFollower(stdout_log).lines(final=True)
+    best: tuple[str, int] | None = None
+    for key in ("epoch", "step", "iteration", "iter"):
+        curve = StdoutCurve(stdout_log, stdout_log, key)  # parse() only: nothing is written
+        n = sum(1 for line in lines if curve.parse(line) is not None)
+        if n >= 2 and (best is None or n > best[1]):
+            best = (key, n)
+    return best
+
+
 def _number(v: float) -> str:
     """A metric as the plain output shows it, a count (epochs_run, num_params) without decimals."""
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else fmt_metric(v)
@@ -245,9 +258,11 @@ def _curve_lines(cfg: Config, folder: Path, r: TrialResult) -> list[str]:
     pruner = cfg.pruning.pruner != "none"
     if not rows:
         why = ("a pruner would never stop it, and it" if pruner else "It")
+        printed = _printed_curve(folder / "logs" / "stdout.log")
+        hint = (f"its stdout has one: execution.stdout_progress = \"{printed[0]}\" would read {printed[1]} rows of it"
+                if printed else "or set execution.stdout_progress if the script prints it")
         return [f"learning curve: none (no progress.jsonl rows). {why} cannot be stopped at the target either: "
-                "report one with trial.report(step, ...) or an adapter, or set execution.stdout_progress "
-                "if the script prints it"]
+                f"report one with trial.report(step, ...) or an adapter, {hint}"]
     steps = [int(row["step"]) for row in rows if isinstance(row.get("step"), (int, float))]
     names = sorted({k for row in rows for k in row} - {"step", "time"})
     lines = [f"learning curve: {len(rows)} rows in progress.jsonl"

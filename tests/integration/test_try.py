@@ -58,7 +58,7 @@ def test_try_says_when_a_trial_gives_a_pruner_nothing_and_when_it_has_no_score(t
     text = _one_line(out.stdout)
     assert "params: x=0.1" in text  # the search space's defaults
     assert "learning curve: none (no progress.jsonl rows). a pruner would never stop it" in text
-    assert "set execution.stdout_progress if the script prints it" in text
+    assert 'its stdout has one: execution.stdout_progress = "epoch" would read 5 rows of it' in text
 
     reports = make_experiment(tmp_path / "reports", REPORTS, extra={"pruning": {"pruner": "median"}})
     text = _one_line(ralph(reports, "try").stdout)
@@ -73,6 +73,7 @@ def test_try_says_when_a_trial_gives_a_pruner_nothing_and_when_it_has_no_score(t
     assert "trial failed (crash) in" in text and "exited with code 1" in text
     assert "┆ the data folder is empty" in text
     assert "no score; the loop would record this trial as failed (crash), never as a score of 0" in text
+    assert "or set execution.stdout_progress if the script prints it" in text  # it printed no curve
 
 
 def test_try_applies_a_patch_through_the_guards(tmp_path: Path) -> None:
