@@ -56,21 +56,23 @@ def _check_preload(cfg: Config, rep: CheckReport) -> None:
         )
 
 
-def required_calls(cfg: Config, ws: Path) -> dict[str, list[str]]:
+def required_calls(cfg: Config, ws: Path, found: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """``files.required_calls``, or when unset the ``ralph_ml`` calls each mutable Python file of
-    the workspace makes now (``guard.calls_into_ralph_ml``): what every code change must keep."""
+    the workspace makes now (``guard.calls_into_ralph_ml``, or ``found`` when already read):
+    what every code change must keep."""
     if cfg.files.required_calls is not None:
         return {name: list(calls) for name, calls in cfg.files.required_calls.items()}
+    if found is not None:
+        return found
     from .guard import calls_into_ralph_ml
 
     return calls_into_ralph_ml(ws, cfg.files.mutable)
 
 
-def _check_progress_source(cfg: Config, ws: Path, rep: CheckReport) -> None:
-    """A pruner needs a learning curve: from trial.report (or an adapter), or the printed one."""
-    from .guard import calls_into_ralph_ml
-
-    calls = {c for names in calls_into_ralph_ml(ws, cfg.files.mutable).values() for c in names}
+def _check_progress_source(cfg: Config, ws: Path, found: dict[str, list[str]], rep: CheckReport) -> None:
+    """A pruner needs a learning curve: from trial.report (or an adapter), or the printed one.
+    ``found``: the ralph_ml calls of the mutable files (``guard.calls_into_ralph_ml``)."""
+    calls = {c for names in found.values() for c in names}
     reports = any(c.startswith("ralph_ml.adapters.") or c.endswith((".report", ".trial_steps")) for c in calls)
     python = [rel for rel in cfg.files.mutable if rel.endswith(".py") and (ws / rel).is_file()]
     if cfg.execution.stdout_progress:
@@ -188,9 +190,12 @@ def check_workspace(cfg: Config, *, history: bool = False) -> CheckReport:
     if cfg.execution.preload:
         _check_preload(cfg, rep)
     _check_pruning(cfg, rep)
-    _check_progress_source(cfg, ws, rep)
+    from .guard import calls_into_ralph_ml
+
+    found = calls_into_ralph_ml(ws, cfg.files.mutable)  # read once for both checks below
+    _check_progress_source(cfg, ws, found, rep)
     if cfg.agent_name != "builtin":  # the built-in agent only sets hyperparameters
-        kept = required_calls(cfg, ws)
+        kept = required_calls(cfg, ws, found)
         if kept:
             rep.info.append("every code change must keep these calls (files.required_calls): "
                             + "; ".join(f"{name}: {', '.join(calls)}" for name, calls in kept.items()))

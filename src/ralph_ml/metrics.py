@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+# A metric's value as scripts print it: a decimal or scientific number, nan or inf.
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
 # `name: value` or `name=value` on a line of its own; the same default as `execution.metrics_pattern`.
-DEFAULT_METRICS_PATTERN = (
-    r"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*"
-    r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)\s*$"
-)
+DEFAULT_METRICS_PATTERN = rf"^\s*([A-Za-z_][\w./-]*)\s*[:=]\s*({NUMBER})\s*$"
 
 _MAX_METRICS_JSON_BYTES = 64 << 20  # a metrics.json larger than 64 MiB is treated as malformed
 

@@ -30,8 +30,6 @@ PLANNED_PARAMS = (
 
 
 # ----------------------------------------------------------------------------- cheap readers
-
-
 def tail_lines(path: Path, n: int, max_bytes: int = 16_384) -> list[str]:
     """The last ``n`` lines of a (possibly huge, growing) log: one seek and one small read.
 

@@ -33,16 +33,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .metrics import NUMBER
 from .trial import append_progress, progress_row
 
 STDOUT_PROGRESS_VAR = "RALPH_STDOUT_PROGRESS"  # the step key, set in the trial's environment
 
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
-_PAIR = re.compile(rf"""(?<![\w.])['"]?([A-Za-z_][\w./-]*)['"]?\s*[:=]\s*({_NUMBER})(?![\w.])""", re.IGNORECASE)
+_PAIR = re.compile(rf"""(?<![\w.])['"]?([A-Za-z_][\w./-]*)['"]?\s*[:=]\s*({NUMBER})(?![\w.])""", re.IGNORECASE)
 # `train_loss 0.41` as a segment of its own between separators (`|`, ` - `, `,`, `;`): a
 # name and a number and nothing else, so prose ("loaded 5000 samples") is not read as a metric.
 _SEGMENTS = re.compile(r"\s*(?:\||\s-\s|,|;)\s*")
-_SPACED_PAIR = re.compile(rf"""['"]?([A-Za-z_][\w./-]*)['"]?\s+({_NUMBER})(?:\s*/\s*\d+)?""", re.IGNORECASE)
+_SPACED_PAIR = re.compile(rf"""['"]?([A-Za-z_][\w./-]*)['"]?\s+({NUMBER})(?:\s*/\s*\d+)?""", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _READ_MAX = 4 << 20  # bytes read per pump: a chatty script is followed over several pumps
 _LINE_MAX = 64 << 10  # a longer "line" (no newline in sight) is dropped, not buffered forever

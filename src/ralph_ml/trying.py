@@ -26,12 +26,12 @@ from .errors import ConfigError, GuardRejected, WorkspaceError
 from .executors import Executor, get_executor
 from .guard import guard_patch
 from .hashing import hash_files
+from .live import fmt_metric
 from .metrics import read_metrics
 from .records import TrialResult, TrialSpec, TrialStatus
 from .resources import pool_for
 from .runfiles import loop_alive, read_state
 from .stdout_curve import LogFollower, StdoutCurve
-from .live import fmt_metric
 from .workspace import snapshot
 
 TRY_FOLDER = ".try"  # under paths.runs: never a cycle_NNNN, so no run reads it
